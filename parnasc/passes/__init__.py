@@ -1,0 +1,27 @@
+"""IR passes, one per file. `run` applies them in order, verifying the graph after each."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from parnasc.ir import IR
+from parnasc.passes.costs import annotate_costs
+from parnasc.passes.shapes import infer_shapes
+from parnasc.passes.verify import verify
+
+Pass = Callable[[IR], IR]
+PIPELINE: tuple[Pass, ...] = (infer_shapes, annotate_costs)
+
+
+def run(ir: IR, passes: tuple[Pass, ...] = PIPELINE, check: bool = True) -> IR:
+    """Apply `passes`; with `check`, run the verifier before the first and after every pass."""
+    if check:
+        verify(ir)
+    for p in passes:
+        ir = p(ir)
+        if check:
+            verify(ir)
+    return ir
+
+
+__all__ = ["PIPELINE", "annotate_costs", "infer_shapes", "run", "verify"]
