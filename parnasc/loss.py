@@ -1,0 +1,112 @@
+"""The multi-part loss of equation (12) and the costs it uses.
+
+    loss = alpha * CE + beta * (loss_ops + loss_sync)
+
+How the terms are normalised (equations 6 and 11): both are divided by `norm`, the cost of
+the most expensive architecture of the search space (every block at its costliest candidate,
+every sync site on, plus the fixed stem/merge/head). So loss_ops + loss_sync lies in [0, 1] and
+equals the expected cost of the sampled architecture over the worst one, minus the fixed part.
+
+* cost `flops`: C_{l,p,n} is the FLOPs (mul + add, equations 7-10) of candidate n of block
+  (l, p) and C_sync the FLOPs of the combine at the sync site (concat + 1x1 conv, or a sum).
+  loss_ops sums over levels and paths as in equation (6).
+* cost `latency`: C_{l,p,n} is the measured single-thread latency of the candidate at its
+  real shapes (parnasc.latency) and C_sync the measured combine time plus a barrier cost.
+  Paths run on separate cores, so a level costs the *slowest* of its paths:
+  loss_ops = sum_l max_p sum_n P_op * T / norm. `max` is differentiable almost everywhere
+  (the gradient flows into the slowest path), which is what the search should shrink.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from parnasc.ir import IR
+from parnasc.lower import Net, arch_key
+
+
+@dataclass
+class CostModel:
+    kind: str  # "flops" or "latency"
+    blocks: dict[str, torch.Tensor]  # "<level>:p<k>" -> cost per candidate
+    syncs: dict[str, float]  # "<level>:sync" -> cost of that combine (searchable sites)
+    fixed: float  # stem, fixed syncs, merge, head
+    levels: list[str]
+    paths: int
+
+    @property
+    def norm(self) -> float:
+        """Cost of the most expensive architecture."""
+        if self.kind == "latency":
+            ops = sum(
+                max(float(self.blocks[f"{lv}:p{p}"].max()) for p in range(1, self.paths + 1))
+                for lv in self.levels
+            )
+        else:
+            ops = sum(float(c.max()) for c in self.blocks.values())
+        return ops + sum(self.syncs.values()) + self.fixed
+
+    def terms(self, probs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss_ops, loss_sync) for the architecture probabilities `probs`."""
+        norm = self.norm
+        if self.kind == "latency":
+            per_level = []
+            for lv in self.levels:
+                paths = [
+                    (probs[k] * self.blocks[k]).sum() if (k := f"{lv}:p{p}") in probs
+                    else self.blocks[k][0]
+                    for p in range(1, self.paths + 1)
+                ]
+                per_level.append(torch.stack(paths).max())
+            ops = torch.stack(per_level).sum()
+        else:
+            ops = torch.stack(
+                [(probs[k] * c).sum() if k in probs else c[0] for k, c in self.blocks.items()]
+            ).sum()
+        sync = torch.zeros(())
+        for k, c in self.syncs.items():
+            sync = sync + probs[k][0] * c
+        return ops / norm, sync / norm
+
+    def cost_of(self, choices: dict[str, str], net: Net) -> float:
+        """Cost of one concrete architecture (same units as `norm`)."""
+        onehot = {
+            k: F.one_hot(torch.tensor(net.choices[k].index(v)), len(net.choices[k])).float()
+            for k, v in choices.items()
+        }
+        ops, sync = self.terms(onehot)
+        return float(ops + sync) * self.norm + self.fixed
+
+
+def flops_costs(ir: IR) -> CostModel:
+    """The `flops` cost model, straight from the IR's equation (7)-(10) annotations."""
+    blocks: dict[str, torch.Tensor] = {}
+    syncs: dict[str, float] = {}
+    fixed = 0.0
+    for n in ir.nodes():
+        if n.kind == "block":
+            blocks[arch_key(n.id)] = torch.tensor([float(c.cost.flops) for c in n.candidates])
+        elif n.kind == "sync" and n.mode == "search":
+            syncs[arch_key(n.id)] = float(n.cost.flops)
+        elif n.kind in ("op", "sync", "merge"):
+            fixed += float(n.candidate_costs()[0].flops)
+    return CostModel("flops", blocks, syncs, fixed, ir.levels, ir.paths)
+
+
+def total_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    probs: dict[str, torch.Tensor],
+    costs: CostModel,
+    alpha: float,
+    beta: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Equation (12); returns the loss and its parts for logging."""
+    ce = F.cross_entropy(logits, target)
+    ops, sync = costs.terms(probs) if probs else (torch.zeros(()), torch.zeros(()))
+    loss = alpha * ce + beta * (ops + sync)
+    parts = {"ce": ce.item(), "ops": ops.item(), "sync": sync.item(), "loss": loss.item()}
+    return loss, parts

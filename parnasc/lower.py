@@ -1,0 +1,171 @@
+"""IR -> torch.nn.Module. A searchable IR lowers to a supernet (softmax-weighted candidates,
+equations 1-2; searchable sync sites, equation 3); a concrete IR lowers to a plain network.
+
+Both share one layout, which emit and the runtime rely on:
+`stem`, `paths[p<k>][<level>]`, `syncs[<level>]`, `merge`, `head`, and `levels`.
+Architecture parameters live in `arch` (a ParameterDict keyed `<level>:p<k>` and
+`<level>:sync`), apart from the network weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from parnasc import ops
+from parnasc.ir import IR, Node
+
+
+class Combine(nn.Module):
+    """Combine the path outputs: `sum` (equation 4) or `concat`, optionally followed by a
+    1x1 conv + BN + ReLU back to `channels` (the paper's sync combiner)."""
+
+    def __init__(self, kind: str, paths: int, channels: int, reduce: bool) -> None:
+        super().__init__()
+        self.kind = kind
+        self.reduce: nn.Module | None = None
+        if kind == "concat" and reduce:
+            self.reduce = nn.Sequential(
+                nn.Conv2d(paths * channels, channels, 1, bias=False),
+                nn.BatchNorm2d(channels),
+                nn.ReLU(inplace=True),
+            )
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        if self.kind == "sum":
+            out = xs[0]
+            for x in xs[1:]:
+                out = out + x
+            return out
+        cat = torch.cat(xs, dim=1)
+        return cat if self.reduce is None else self.reduce(cat)
+
+
+class MixedOp(nn.Module):
+    """A block of the supernet: the softmax-weighted sum of its candidates (equation 2)."""
+
+    def __init__(self, candidates: list[nn.Module]) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList(candidates)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        out = self.ops[0](x) * weights[0]
+        for i in range(1, len(self.ops)):
+            out = out + self.ops[i](x) * weights[i]
+        return out
+
+
+def _build_op(n: Node, index: int = 0) -> nn.Module:
+    c = n.candidates[index]
+    assert n.out_shape is not None
+    return ops.REGISTRY[c.kind].build(n.in_shapes[0], n.out_shape, c.params)
+
+
+def arch_key(node_id: str) -> str:
+    """`l1.p2` -> `l1:p2` (parameter names cannot contain dots)."""
+    level, _, rest = node_id.rpartition(".")
+    return f"{level}:{rest}"
+
+
+class Net(nn.Module):
+    """The lowered network; a supernet when the IR has choices left, else a concrete model."""
+
+    def __init__(self, ir: IR) -> None:
+        super().__init__()
+        self.levels: list[str] = ir.levels
+        self.n_paths = ir.paths
+        self.stem = nn.Sequential(
+            *(_build_op(n) for n in ir.nodes() if n.kind == "op" and n.id.startswith("stem."))
+        )
+        self.head = nn.Sequential(
+            *(_build_op(n) for n in ir.nodes() if n.kind == "op" and n.id.startswith("head."))
+        )
+        self.paths = nn.ModuleDict()
+        self.syncs = nn.ModuleDict()
+        self.arch = nn.ParameterDict()
+        self.search_sync: dict[str, bool] = {}
+        self.choices: dict[str, list[str]] = {}  # arch key -> candidate labels
+        for p in range(1, ir.paths + 1):
+            blocks = nn.ModuleDict()
+            for lv in ir.levels:
+                b = ir.block(lv, p)
+                if len(b.candidates) == 1:
+                    blocks[lv] = _build_op(b)
+                else:
+                    blocks[lv] = MixedOp([_build_op(b, i) for i in range(len(b.candidates))])
+                    key = arch_key(b.id)
+                    self.arch[key] = nn.Parameter(torch.zeros(len(b.candidates)))
+                    self.choices[key] = [c.label for c in b.candidates]
+            self.paths[f"p{p}"] = blocks
+        for lv in ir.levels:
+            s = ir.sync(lv)
+            if s is None:
+                continue
+            assert s.combiner is not None and s.out_shape is not None
+            self.syncs[lv] = Combine(s.combiner, ir.paths, s.out_shape[0], reduce=True)
+            self.search_sync[lv] = s.mode == "search"
+            if s.mode == "search":
+                key = arch_key(s.id)
+                self.arch[key] = nn.Parameter(torch.zeros(2))  # [sync, direct]
+                self.choices[key] = [s.combiner, "none"]
+        m = ir.node("merge")
+        assert m.combiner is not None and m.out_shape is not None
+        self.merge = Combine(m.combiner, ir.paths, m.out_shape[0], reduce=False)
+
+    @property
+    def is_supernet(self) -> bool:
+        return len(self.arch) > 0
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Network weights: everything except the architecture parameters."""
+        arch = {id(p) for p in self.arch.parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def probabilities(self) -> dict[str, torch.Tensor]:
+        """Softmax of every architecture parameter (equations 1 and 3)."""
+        return {k: F.softmax(v, dim=0) for k, v in self.arch.items()}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = self.probabilities() if self.arch else {}
+        x = self.stem(x)
+        outs = [x] * self.n_paths
+        for lv in self.levels:
+            new = []
+            for p in range(self.n_paths):
+                block = self.paths[f"p{p + 1}"][lv]
+                if isinstance(block, MixedOp):
+                    new.append(block(outs[p], probs[f"{lv}:p{p + 1}"]))
+                else:
+                    new.append(block(outs[p]))
+            outs = new
+            if lv in self.syncs:
+                s = self.syncs[lv](outs)
+                if self.search_sync.get(lv):
+                    w = probs[f"{lv}:sync"]
+                    outs = [s * w[0] + o * w[1] for o in outs]  # equation (3)
+                else:
+                    outs = [s] * self.n_paths
+        return self.head(self.merge(outs))
+
+
+def lower(ir: IR) -> Net:
+    """Build the torch module of `ir` (supernet or concrete), in channels_last layout."""
+    net = Net(ir)
+    return net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+def transfer_weights(concrete: Net, supernet: Net, choices: dict[str, str]) -> None:
+    """Copy the searched weights of the chosen candidates into the concrete network."""
+    own = {"stem": concrete.stem, "head": concrete.head, "merge": concrete.merge}
+    for name, mod in own.items():
+        mod.load_state_dict(getattr(supernet, name).state_dict())
+    for lv, comb in concrete.syncs.items():
+        comb.load_state_dict(supernet.syncs[lv].state_dict())
+    for p, blocks in concrete.paths.items():
+        for lv, block in blocks.items():
+            src = supernet.paths[p][lv]
+            if isinstance(src, MixedOp):
+                key = f"{lv}:{p}"
+                src = src.ops[supernet.choices[key].index(choices[key])]
+            block.load_state_dict(src.state_dict())

@@ -1,0 +1,49 @@
+"""Pruning: keep one candidate per block and decide every searchable sync site.
+
+`choices` maps `<level>:p<k>` to a candidate label and `<level>:sync` to the combiner (kept)
+or "none" (removed: each path's block then feeds its next block directly).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from parnasc.ir import IR
+
+
+class PruneError(ValueError):
+    """A choice names a block or candidate that the IR does not have."""
+
+
+def prune(ir: IR, choices: dict[str, str]) -> IR:
+    """A concrete IR: the chosen candidate in each block; syncs fixed or removed."""
+    out = IR(copy.deepcopy(ir.graph), copy.deepcopy(ir.meta))
+    g = out.graph
+    for n in list(out.nodes()):
+        if n.kind == "block" and len(n.candidates) > 1:
+            key = f"{n.level}:p{n.path}"
+            label = choices.get(key)
+            picked = [c for c in n.candidates if c.label == label]
+            if not picked:
+                raise PruneError(f"no choice for block {key} among {[c.label for c in n.candidates]}")
+            n.candidates = picked
+        elif n.kind == "sync" and n.mode == "search":
+            key = f"{n.level}:sync"
+            if key not in choices:
+                raise PruneError(f"no choice for sync site {key}")
+            consumers = {v for _, v in g.out_edges(n.id)}
+            direct = [
+                (u, v, k, d)
+                for u, v, k, d in g.edges(keys=True, data=True)
+                if d["role"] == "direct" and v in consumers
+            ]
+            for u, v, k, _ in direct:
+                g.remove_edge(u, v, k)
+            if choices[key] == "none":
+                g.remove_node(n.id)
+                for u, v, _, d in direct:
+                    g.add_edge(u, v, port=d["port"], role="data")
+                out.meta["order"] = [x for x in out.meta["order"] if x != n.id]
+            else:
+                n.mode = "always"
+    return out
