@@ -64,6 +64,8 @@ def check(files: FilesArg) -> None:
         try:
             compile_file(f)
         except PnasError as exc:
+            if os.environ.get("PARNASC_DEBUG") == "1":
+                raise
             _err(str(exc))
             bad += 1
     if bad:
@@ -89,6 +91,8 @@ def fmt(
         try:
             doc = parse_file(f)
         except PnasError as exc:
+            if os.environ.get("PARNASC_DEBUG") == "1":
+                raise
             _err(str(exc))
             failed += 1
             continue

@@ -75,7 +75,10 @@ class Collector:
         self.diagnostics: list[Diagnostic] = []
 
     def error(self, message: str, span: Span | None = None, hint: str | None = None) -> None:
-        self.diagnostics.append(Diagnostic(message, self.file, span, hint))
+        """Record a diagnostic; an identical one (same message and span) is kept once."""
+        d = Diagnostic(message, self.file, span, hint)
+        if d not in self.diagnostics:
+            self.diagnostics.append(d)
 
     def raise_if_any(self) -> None:
         if self.diagnostics:

@@ -1,4 +1,7 @@
-"""Text -> syntax tree. The tree keeps constants, repeats and comments so `fmt` can print it back."""
+"""Text -> syntax tree. The tree keeps constants, repeats and comments so `fmt` can print it.
+
+Syntax errors are reported in words: what was found, inside which block, what could come next.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
 from parnasc.errors import Diagnostic, PnasError, Span, did_you_mean
 
@@ -16,20 +19,16 @@ from parnasc.errors import Diagnostic, PnasError, Span, did_you_mean
 # Spans are excluded from equality so that parse(fmt(x)) == parse(x) compares meaning only.
 
 
-def _span() -> Any:
-    return field(default=None, compare=False, repr=False)
-
-
 @dataclass(frozen=True)
 class Num:
     value: int | float
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Ref:
     name: str
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -37,13 +36,13 @@ class BinOp:
     op: str  # one of + - * /
     left: Expr
     right: Expr
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Neg:
     operand: Expr
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 Expr = Num | Ref | BinOp | Neg
@@ -54,14 +53,15 @@ class Size:
     """A byte size such as `64MiB`; `text` is kept verbatim."""
 
     text: str
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Arg:
     name: str
     value: Value
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
+    name_span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,8 @@ class Call:
     name: str
     args: tuple[Arg, ...] = ()
     has_parens: bool = field(default=False, compare=False)
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
+    name_span: Span | None = field(default=None, compare=False, repr=False)
 
 
 Value = Expr | Size | Call
@@ -81,13 +82,15 @@ Value = Expr | Size | Call
 class Setting:
     name: str
     value: Value
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
+    name_span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Model:
     name: str
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
+    name_span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -95,63 +98,65 @@ class Input:
     channels: int
     height: int
     width: int
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
+    dims_span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Classes:
     value: Expr
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Paths:
     value: Expr
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Target:
     settings: tuple[Setting, ...]
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Const:
     name: str
     value: Expr
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
+    name_span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Stem:
     ops: tuple[Call, ...]
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Out:
     value: Expr
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Stride:
     value: Expr
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Ops:
     ops: tuple[Call, ...]
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class PathOps:
     path: Expr
     ops: tuple[Call, ...]
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 LevelItem = Out | Stride | Ops | PathOps
@@ -161,45 +166,48 @@ LevelItem = Out | Stride | Ops | PathOps
 class Level:
     name: str
     items: tuple[LevelItem, ...]
-    span: Span | None = _span()
-    name_span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
+    name_span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Sync:
     mode: str
     combiner: str | None
-    span: Span | None = _span()
-    mode_span: Span | None = _span()
-    combiner_span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
+    mode_span: Span | None = field(default=None, compare=False, repr=False)
+    combiner_span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Repeat:
     count: Expr
     body: tuple[Level | Sync, ...]
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Merge:
     combiner: str
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
+    combiner_span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Head:
     items: tuple[Merge | Call, ...]
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Search:
     settings: tuple[Setting, ...]
-    span: Span | None = _span()
+    span: Span | None = field(default=None, compare=False, repr=False)
 
 
-Stmt = Model | Input | Classes | Paths | Target | Const | Stem | Level | Sync | Repeat | Head | Search
+Stmt = (
+    Model | Input | Classes | Paths | Target | Const | Stem | Level | Sync | Repeat | Head | Search
+)
 
 
 @dataclass(frozen=True)
@@ -246,69 +254,221 @@ def _parser() -> Lark:
     )
 
 
-# Terminal names that Lark would show users, in words.
-_WORDS = {
-    "NAME": "a name",
-    "INT": "an integer",
-    "FLOAT": "a number",
-    "DIMS": "dimensions like 3x32x32",
-    "SIZE": "a size like 64MiB",
-    "$END": "end of file",
+# --- syntax errors in words ------------------------------------------------------------------
+# Lark's LALR tables merge look-ahead sets, so `exc.expected` lists tokens that could never come
+# next. The interactive parser's `accepts()` replays the real stack and gives the exact set; the
+# tokens still on the value stack tell which block is open and what came just before the fault.
+
+STATEMENT_KEYWORDS = (
+    "model", "input", "classes", "paths", "target", "const",
+    "stem", "level", "sync", "repeat", "head", "search",
+)  # fmt: skip
+LEVEL_KEYWORDS = ("out", "stride", "ops", "path")
+KEYWORDS = frozenset((*STATEMENT_KEYWORDS, *LEVEL_KEYWORDS, "merge"))
+
+_PUNCT = {
+    "VBAR": "'|'", "LPAR": "'('", "RPAR": "')'", "COMMA": "','",
+    "EQUAL": "'='", "LBRACE": "'{'", "RBRACE": "'}'",
+}  # fmt: skip
+_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH"}
+_VALUE_START = {"INT", "FLOAT", "NAME", "SIZE", "MINUS", "LPAR"}
+# What a statement keyword needs after it, for "missing value" messages.
+_NEEDS = {
+    "MODEL": "a model name", "CLASSES": "a number", "PATHS": "a number",
+    "OUT": "a number", "STRIDE": "a number", "REPEAT": "a count",
+    "LEVEL": "a level name", "INPUT": "dimensions like 3x32x32",
+    "SYNC": "a sync mode (always, search or none)",
+}  # fmt: skip
+
+
+def _join(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+@dataclass(frozen=True)
+class _Block:
+    """A block still open where the syntax error is: its kind, words and '{' token."""
+
+    kind: str  # level, stem, head, target, search, repeat
+    words: str
+    brace: Token
+
+
+def _innermost_open(stack: list[Any], opener: str, closer: str) -> int | None:
+    """Stack index of the innermost `opener` token not matched by a shifted `closer`."""
+    closed = 0  # closers already shifted whose bracket pair is not yet reduced
+    for i in range(len(stack) - 1, -1, -1):
+        kind = getattr(stack[i], "type", None)
+        if kind == closer:
+            closed += 1
+        elif kind == opener:
+            if not closed:
+                return i
+            closed -= 1
+    return None
+
+
+def _open_block(stack: list[Any]) -> _Block | None:
+    """The innermost block still open on the parser stack."""
+    i = _innermost_open(stack, "LBRACE", "RBRACE")
+    if i is None:
+        return None
+    before = [t for t in stack[max(0, i - 3) : i] if isinstance(t, Token)]
+    if len(before) >= 2 and before[-2].type == "LEVEL":
+        return _Block("level", f"level '{before[-1]}'", stack[i])
+    kinds = [t.type.lower() for t in before if t.type != "NAME"]
+    kind = kinds[-1] if kinds and kinds[-1] in KEYWORDS else "repeat"
+    return _Block(kind, f"the {kind} block", stack[i])
+
+
+_NAME_WORDS = {
+    "LEVEL": "a level name",
+    "MODEL": "a model name",
+    "CONST": "a constant name",
+    "SYNC": "a sync mode (always, search or none)",
+    "MERGE": "a combiner (sum or concat)",
+    "LPAR": "a parameter name",
+    "COMMA": "a parameter name",
+    "OPS": "an operation",
+    "VBAR": "an operation",
 }
 
 
-def _describe(term: str) -> str:
-    if term in _WORDS:
-        return _WORDS[term]
-    for t in _parser().terminals:
-        if t.name == term and t.pattern.type == "str":
-            return f"'{t.pattern.value}'"
-    return term.lower()
+def _name_word(stack: list[Any], block: _Block | None) -> str:
+    """What a NAME means at this point of the grammar."""
+    top = stack[-1] if stack else None
+    prev = top.type if isinstance(top, Token) else ""
+    if prev == "NAME" and len(stack) > 1 and getattr(stack[-2], "type", "") == "SYNC":
+        return "a combiner (sum or concat)"
+    if prev in _NAME_WORDS:
+        return _NAME_WORDS[prev]
+    kind = block.kind if block else ""
+    if kind in ("stem", "head"):
+        return "an operation"
+    if kind in ("target", "search"):
+        return "a setting name"
+    return "a name"
 
 
-def _keywords(terms: set[str]) -> list[str]:
-    out = []
-    for t in _parser().terminals:
-        if t.name in terms and t.pattern.type == "str" and t.pattern.value.isalpha():
-            out.append(t.pattern.value)
-    return out
+def _expected(accepts: set[str], stack: list[Any], block: _Block | None) -> list[str]:
+    """The acceptable next tokens, in words, most useful first."""
+    words: list[str] = []
+    acc = set(accepts)
+    if {"INT", "FLOAT"} <= acc:
+        words.append("a value" if "SIZE" in acc else "a number or constant name")
+        acc -= _VALUE_START
+    if "DIMS" in acc:
+        words.append("dimensions like 3x32x32")
+    if "NAME" in acc:
+        words.append(_name_word(stack, block))
+    if acc - _OPERATORS - {"$END"} or "$END" in acc:
+        acc -= _OPERATORS  # operators are noise when anything else could follow
+    if set(STATEMENT_KEYWORDS) <= {t.lower() for t in acc}:
+        words.append("a new statement")
+        acc -= {k.upper() for k in STATEMENT_KEYWORDS}
+    words += [f"'{t.lower()}'" for t in _keyword_order() if t in acc]
+    words += [w for t, w in _PUNCT.items() if t in acc]
+    if acc & _OPERATORS:
+        words.append("an operator (+ - * /)")
+    if "$END" in acc:
+        words.append("end of file")
+    return words
+
+
+@functools.cache
+def _keyword_order() -> tuple[str, ...]:
+    """Keyword terminal names in grammar order."""
+    return tuple(
+        t.name
+        for t in _parser().terminals
+        if t.pattern.type == "str" and t.pattern.value.isalpha()
+    )
+
+
+def _span_at(line: int, col: int, width: int = 1) -> Span:
+    return Span(line=line, column=col, end_line=line, end_column=col + max(1, width))
 
 
 def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> PnasError:
-    line, col = exc.line, exc.column
-    if line is None or line < 1:  # unexpected end of file: point after the last character
-        lines = text.splitlines() or [""]
-        line, col = len(lines), len(lines[-1]) + 1
-    expected: set[str] = set()
-    hint = None
-    if isinstance(exc, UnexpectedToken):
-        expected = set(exc.expected)
-        token = exc.token
-        if token.type == "$END":
-            found = "end of file"
-        else:
-            found = f"'{token.value}'"
-            if token.type == "NAME":
-                hint = did_you_mean(str(token.value), _keywords(expected))
-        width = max(1, len(str(token.value))) if token.type != "$END" else 1
-    elif isinstance(exc, UnexpectedCharacters):
-        expected = set(exc.allowed or ())
-        found = f"'{text[exc.pos_in_stream]}'"
-        width = 1
-    elif isinstance(exc, UnexpectedEOF):
-        expected = set(exc.expected)
+    ip = getattr(exc, "interactive_parser", None)
+    stack: list[Any] = list(ip.parser_state.value_stack) if ip is not None else []
+    if ip is not None:
+        accepts = set(ip.accepts())
+    else:  # pragma: no cover - LALR always attaches an interactive parser
+        accepts = set(getattr(exc, "expected", None) or getattr(exc, "allowed", None) or ())
+    block = _open_block(stack)
+    where = f" in {block.words}" if block else ""
+    hint: str | None = None
+    token: Token | None = getattr(exc, "token", None)
+
+    if isinstance(exc, UnexpectedCharacters):
+        ch = text[exc.pos_in_stream or 0]
+        found = f"character {ch!r}" if ch.isprintable() else f"character {ch!a}"
+        span = _span_at(exc.line, exc.column)
+        if ch == ";":
+            hint = "statements end at the end of the line: no ';' is needed"
+    elif token is None or token.type == "$END":
         found = "end of file"
-        width = 1
-    else:  # pragma: no cover - Lark has no other subclasses
-        raise exc
-    words = sorted({_describe(t) for t in expected if not t.startswith("__")})
-    if len(words) > 8:
-        words = words[:8] + ["..."]
-    message = f"unexpected {found}"
+        line = token.end_line if token is not None and token.end_line else len(text.splitlines())
+        col = token.end_column if token is not None and token.end_column else 1
+        span = _span_at(line, col)
+        if block is not None:
+            hint = f"the '{{' of {block.words} on line {block.brace.line} has no matching '}}'"
+    else:
+        value = str(token.value)
+        found = f"'{value}'"
+        span = _span_at(token.line or 1, token.column or 1, len(value.split("\n")[0]))
+        missing = _missing_value(stack, file)
+        if missing is not None:
+            return PnasError([missing], text)
+        if block is not None and "RBRACE" in accepts:
+            hint = _unclosed_hint(stack, block, token)
+        if hint is None and (token.type == "NAME" or value in KEYWORDS):
+            hint = did_you_mean(value, [t.lower() for t in accepts if t.lower() in KEYWORDS])
+        if hint is None and "VBAR" in accepts and token.type in ("NAME", "COMMA"):
+            hint = "separate the candidate operations with '|'"
+    if hint is None and "RPAR" in accepts:
+        at = _innermost_open(stack, "LPAR", "RPAR")
+        if at is not None:
+            lpar = stack[at]
+            hint = f"the '(' on line {lpar.line} column {lpar.column} has no matching ')'"
+    words = _expected(accepts, stack, block)
+    message = f"unexpected {found}{where}"
     if words:
-        message += "; expected " + (words[0] if len(words) == 1 else "one of " + ", ".join(words))
-    span = Span(line=line, column=col, end_line=line, end_column=col + width)
+        message += f"; expected {_join(words)}"
     return PnasError([Diagnostic(message, file, span, hint)], text)
+
+
+def _unclosed_hint(stack: list[Any], block: _Block, token: Token) -> str | None:
+    """A statement keyword inside a block: the block probably lacks its '}'."""
+    at = next(i for i, t in enumerate(stack) if t is block.brace)
+    inside = stack[at + 1 :]
+    words = [t for t in inside if isinstance(t, Token) and t.type == "NAME"] + [token]
+    kw = next((t for t in words if str(t) in STATEMENT_KEYWORDS), None)
+    if kw is None:
+        return None
+    return (
+        f"is a '}}' missing before '{kw}' on line {kw.line}? "
+        f"{block.words} opened on line {block.brace.line} is still open"
+    )
+
+
+def _missing_value(stack: list[Any], file: str) -> Diagnostic | None:
+    """`classes` at the end of a line took the next line's keyword as its value."""
+    for back in (2, 3):  # `classes NAME`, or `sync NAME NAME`
+        if len(stack) < back or not all(isinstance(t, Token) for t in stack[-back:]):
+            continue
+        kw, word = stack[-back], stack[-back + 1]
+        if kw.type not in _NEEDS or word.type != "NAME" or str(word) not in KEYWORDS:
+            continue
+        if (word.line or 0) > (kw.line or 0):
+            return Diagnostic(
+                f"'{kw}' needs {_NEEDS[kw.type]}",
+                file,
+                _tok_span(kw),
+                f"'{word}' on line {word.line} was read as the value of '{kw}'",
+            )
+    return None
 
 
 # --- tree -> syntax tree ---------------------------------------------------------------------
@@ -337,11 +497,11 @@ class _Build(Transformer[Token, Any]):
         return tuple(items)
 
     def model(self, meta: Any, c: list[Token]) -> Model:
-        return Model(str(c[0]), _span_of(meta))
+        return Model(str(c[0]), _span_of(meta), _tok_span(c[0]))
 
     def input(self, meta: Any, c: list[Token]) -> Input:
         ch, h, w = (int(p) for p in str(c[0]).split("x"))
-        return Input(ch, h, w, _span_of(meta))
+        return Input(ch, h, w, _span_of(meta), _tok_span(c[0]))
 
     def classes(self, meta: Any, c: list[Expr]) -> Classes:
         return Classes(c[0], _span_of(meta))
@@ -353,7 +513,7 @@ class _Build(Transformer[Token, Any]):
         return Target(tuple(c), _span_of(meta))
 
     def const(self, meta: Any, c: list[Any]) -> Const:
-        return Const(str(c[0]), c[1], _span_of(meta))
+        return Const(str(c[0]), c[1], _span_of(meta), _tok_span(c[0]))
 
     def stem(self, meta: Any, c: list[Call]) -> Stem:
         return Stem(tuple(c), _span_of(meta))
@@ -394,26 +554,28 @@ class _Build(Transformer[Token, Any]):
         return Head(tuple(c), _span_of(meta))
 
     def merge(self, meta: Any, c: list[Token]) -> Merge:
-        return Merge(str(c[0]), _span_of(meta))
+        return Merge(str(c[0]), _span_of(meta), _tok_span(c[0]))
 
     def search(self, meta: Any, c: list[Setting]) -> Search:
         return Search(tuple(c), _span_of(meta))
 
     def setting(self, meta: Any, c: list[Any]) -> Setting:
-        return Setting(str(c[0]), c[1], _span_of(meta))
+        return Setting(str(c[0]), c[1], _span_of(meta), _tok_span(c[0]))
 
     def op(self, meta: Any, c: list[Any]) -> Call:
         args = c[1]
-        return Call(str(c[0]), args if args is not None else (), args is not None, _span_of(meta))
+        return Call(
+            str(c[0]), args or (), args is not None, _span_of(meta), _tok_span(c[0])
+        )
 
     def call(self, meta: Any, c: list[Any]) -> Call:
-        return Call(str(c[0]), c[1], True, _span_of(meta))
+        return Call(str(c[0]), c[1], True, _span_of(meta), _tok_span(c[0]))
 
     def args(self, meta: Any, c: list[Arg | None]) -> tuple[Arg, ...]:
         return tuple(a for a in c if a is not None)
 
     def arg(self, meta: Any, c: list[Any]) -> Arg:
-        return Arg(str(c[0]), c[1], _span_of(meta))
+        return Arg(str(c[0]), c[1], _span_of(meta), _tok_span(c[0]))
 
     def int(self, meta: Any, c: list[Token]) -> Num:
         return Num(int(c[0]), _span_of(meta))
@@ -442,7 +604,7 @@ class _Build(Transformer[Token, Any]):
     def div(self, meta: Any, c: list[Expr]) -> BinOp:
         return self._bin("/", meta, c)
 
-    def SIZE(self, tok: Token) -> Size:  # noqa: N802 - Lark terminal callback
+    def SIZE(self, tok: Token) -> Size:  # Lark terminal callback, named after the terminal
         return Size(str(tok), _tok_span(tok))
 
 
