@@ -9,7 +9,7 @@ from parnasc import __version__
 from parnasc.fmt import fmt_number, format_document
 from parnasc.ir import IR
 from parnasc.parse import parse
-from parnasc.spec import Spec
+from parnasc.spec import OptimSpec, Spec
 
 
 def _p(probs: dict[str, list[float]], key: str, labels: list[str], chosen: str) -> str:
@@ -81,11 +81,16 @@ def concrete_spec_text(
     out += [f"  {n.candidates[0].label}" for n in ir.nodes() if n.id.startswith("head.")]
     out.append("}")
     se = source.search
+    # The search scaled the CE gradient by alpha (equation 12); retraining minimises CE alone,
+    # so its learning rate is alpha * lr to keep the same effective step.
+    w = s["weights"]
+    retrain_opt = OptimSpec.model_validate({**w, "lr": float(f"{w['lr'] * s['alpha']:.6g}")})
     out += [
+        "# retraining: weights lr = alpha * search lr (same effective step on the CE term)",
         "search {",
         f"  batch {se.batch}",
         f"  seed {se.seed}",
-        f"  weights {_opt(se.weights)}",
+        f"  weights {_opt(retrain_opt)}",
         f"  retrain_epochs {se.retrain_epochs}",
         "}",
     ]

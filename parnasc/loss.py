@@ -10,11 +10,22 @@ equals the expected cost of the sampled architecture over the worst one, minus t
 * cost `flops`: C_{l,p,n} is the FLOPs (mul + add, equations 7-10) of candidate n of block
   (l, p) and C_sync the FLOPs of the combine at the sync site (concat + 1x1 conv, or a sum).
   loss_ops sums over levels and paths as in equation (6).
-* cost `latency`: C_{l,p,n} is the measured single-thread latency of the candidate at its
-  real shapes (parnasc.latency) and C_sync the measured combine time plus a barrier cost.
-  Paths run on separate cores, so a level costs the *slowest* of its paths:
-  loss_ops = sum_l max_p sum_n P_op * T / norm. `max` is differentiable almost everywhere
-  (the gradient flows into the slowest path), which is what the search should shrink.
+* cost `latency`: C_{l,p,n} is the measured single-thread latency (microseconds) of the
+  candidate at its real shapes (parnasc.latency) and C_sync the measured combine time plus a
+  barrier. Paths run on separate cores and wait for each other only where they join (a sync
+  site that is on, an always-on sync, the merge), so the time of the ops is the critical path:
+  with t_p the finishing time of path p since the stem,
+
+      t_p += sum_n P_op_{l,p,n} * T_{l,p,n}                  after each level l
+      t_p  = P_sync_l * max_q t_q + P_direct_l * t_p           at a searchable sync site
+      t_p  = max_q t_q                                       at an always-on sync
+      loss_ops = max_p t_p / norm                            (the merge joins the paths)
+
+  This is exact for every concrete architecture (one-hot probabilities): with all syncs on it
+  is sum_l max_p T_{l,p}; with none it is max_p sum_l T_{l,p}. A join adds its C_sync to every
+  path alike, so that part separates exactly into loss_sync (equation 11). `max` is
+  differentiable almost everywhere: the gradient flows into the slowest path, which is what
+  the search should shrink, and P_sync pays for the imbalance its join exposes.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ class CostModel:
     fixed: float  # stem, fixed syncs, merge, head
     levels: list[str]
     paths: int
+    joins: tuple[str, ...] = ()  # levels followed by an always-on sync (latency only)
 
     @property
     def norm(self) -> float:
@@ -53,15 +65,7 @@ class CostModel:
         """(loss_ops, loss_sync) for the architecture probabilities `probs`."""
         norm = self.norm
         if self.kind == "latency":
-            per_level = []
-            for lv in self.levels:
-                paths = [
-                    (probs[k] * self.blocks[k]).sum() if (k := f"{lv}:p{p}") in probs
-                    else self.blocks[k][0]
-                    for p in range(1, self.paths + 1)
-                ]
-                per_level.append(torch.stack(paths).max())
-            ops = torch.stack(per_level).sum()
+            ops = self._critical_path(probs)
         else:
             ops = torch.stack(
                 [(probs[k] * c).sum() if k in probs else c[0] for k, c in self.blocks.items()]
@@ -70,6 +74,23 @@ class CostModel:
         for k, c in self.syncs.items():
             sync = sync + probs[k][0] * c
         return ops / norm, sync / norm
+
+    def _critical_path(self, probs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Expected finishing time of the slowest path (latency kind; see the module doc)."""
+        t = torch.zeros(self.paths)
+        for lv in self.levels:
+            block = [
+                (probs[k] * self.blocks[k]).sum() if (k := f"{lv}:p{p}") in probs
+                else self.blocks[k][0]
+                for p in range(1, self.paths + 1)
+            ]
+            t = t + torch.stack(block)
+            if lv in self.joins:
+                t = t.max().expand(self.paths)
+            elif (k := f"{lv}:sync") in self.syncs:
+                q = probs[k][0] if k in probs else torch.ones(())
+                t = q * t.max() + (1 - q) * t
+        return t.max()
 
     def cost_of(self, choices: dict[str, str], net: Net) -> float:
         """Cost of one concrete architecture (same units as `norm`)."""

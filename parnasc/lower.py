@@ -9,6 +9,8 @@ Architecture parameters live in `arch` (a ParameterDict keyed `<level>:p<k>` and
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,9 +52,9 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleList(candidates)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        out = self.ops[0](x) * weights[0]
+        out = self.ops[0](x) * weights[0]  # a fresh tensor, so the fused in-place adds are safe
         for i in range(1, len(self.ops)):
-            out = out + self.ops[i](x) * weights[i]
+            out = out.addcmul_(self.ops[i](x), weights[i])  # out += OP_i(x) * P_i, one pass
         return out
 
 
@@ -133,7 +135,7 @@ class Net(nn.Module):
         for lv in self.levels:
             new = []
             for p in range(self.n_paths):
-                block = self.paths[f"p{p + 1}"][lv]
+                block = cast(nn.ModuleDict, self.paths[f"p{p + 1}"])[lv]
                 if isinstance(block, MixedOp):
                     new.append(block(outs[p], probs[f"{lv}:p{p + 1}"]))
                 else:
@@ -143,7 +145,8 @@ class Net(nn.Module):
                 s = self.syncs[lv](outs)
                 if self.search_sync.get(lv):
                     w = probs[f"{lv}:sync"]
-                    outs = [s * w[0] + o * w[1] for o in outs]  # equation (3)
+                    sw = s * w[0]  # shared by all paths
+                    outs = [torch.addcmul(sw, o, w[1]) for o in outs]  # equation (3)
                 else:
                     outs = [s] * self.n_paths
         return self.head(self.merge(outs))
@@ -163,8 +166,8 @@ def transfer_weights(concrete: Net, supernet: Net, choices: dict[str, str]) -> N
     for lv, comb in concrete.syncs.items():
         comb.load_state_dict(supernet.syncs[lv].state_dict())
     for p, blocks in concrete.paths.items():
-        for lv, block in blocks.items():
-            src = supernet.paths[p][lv]
+        for lv, block in cast(nn.ModuleDict, blocks).items():
+            src = cast(nn.ModuleDict, supernet.paths[p])[lv]
             if isinstance(src, MixedOp):
                 key = f"{lv}:{p}"
                 src = src.ops[supernet.choices[key].index(choices[key])]

@@ -105,6 +105,9 @@ def derive(net: Net, ir: IR, budget: int | None) -> tuple[dict[str, str], dict[s
     exceeded, swap the blocks that lose the least probability to their smallest candidate."""
     probs = {k: v.detach().tolist() for k, v in net.probabilities().items()}
     choices = {k: net.choices[k][max(range(len(p)), key=p.__getitem__)] for k, p in probs.items()}
+    for k, p in probs.items():
+        if k.endswith(":sync"):  # kept only if P_sync > P_direct (a tie removes it)
+            choices[k] = net.choices[k][0 if p[0] > p[1] else 1]
     if budget is None:
         return choices, probs
     while max(memory_per_core(prune(ir, choices))) > budget:
@@ -191,11 +194,11 @@ def search(
     }
     atomic_text(run_dir / "settings.json", json.dumps({**meta, "settings": asdict(settings)}, indent=1))
     total = settings.epochs * len(train)
-    val_iter = _cycle(val)
     for epoch in range(start + 1, settings.epochs + 1):
         epoch_seed(settings.seed, epoch)
         train.set_epoch(epoch)
         val.set_epoch(epoch)
+        val_iter = _cycle(val)  # per epoch, so a resumed run draws the same held-out batches
         searching = epoch > settings.warmup
         net.train()
         meter = Meter()

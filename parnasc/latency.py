@@ -1,0 +1,269 @@
+"""The `latency` cost model: a lookup table of measured single-thread op times on this machine.
+
+Every distinct operation of the search space (each candidate of every block, the stem and head
+ops, every combine at a sync site or the merge) is built through the op registry at its real
+shapes, put in eval mode and channels_last layout (as `parnasc.lower` builds it), and timed at
+batch 1 with one torch thread under `torch.inference_mode()`: after a warm-up, the median of
+`SAMPLES` timed samples, each a loop of enough calls to last about two milliseconds.
+
+A sync site costs its combine plus a barrier: the median time of one crossing of a
+`threading.Barrier` with one party per path (each party a thread that waits on the barrier in
+a loop; the time per crossing is the loop's wall time divided by its length). The merge before
+the head joins the paths too, so it gets the same barrier.
+
+Times are in microseconds. Results are cached as JSON under `<cache>/latency/<sha256>.json`
+(cache root `$PARNASC_CACHE`, default `~/.cache/parnasc`), keyed by the CPU model, the torch
+version, the measuring protocol and the set of measured ops, so a spec is measured once per
+machine and an op that occurs several times (e.g. the same candidate on every path) once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from parnasc import ops
+from parnasc.ir import IR, Node
+from parnasc.loss import CostModel
+from parnasc.lower import Combine, arch_key
+
+PROTOCOL = 1  # bump when the measuring method changes (invalidates caches)
+SAMPLES = 25  # timed samples per op; the median is kept
+SAMPLE_S = 0.002  # target duration of one sample (a loop of calls)
+WARMUP_S = 0.05  # warm-up time per op (at least 3 calls)
+BARRIER_CROSSINGS = 200  # crossings per barrier sample
+
+Progress = Callable[[str], None]
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (else platform.processor())."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def default_latency_dir() -> Path:
+    return Path(os.environ.get("PARNASC_CACHE") or "~/.cache/parnasc").expanduser() / "latency"
+
+
+# --- what to measure ------------------------------------------------------------------------
+
+
+def _op_item(kind: str, params: dict[str, Any], n: Node) -> dict[str, Any]:
+    assert n.out_shape is not None
+    return {"op": kind, "params": params, "in": list(n.in_shapes[0]), "out": list(n.out_shape)}
+
+
+def _combine_item(n: Node, reduce: bool) -> dict[str, Any]:
+    assert n.out_shape is not None and n.combiner is not None
+    return {
+        "combine": n.combiner,
+        "reduce": reduce and n.combiner == "concat",
+        "in": [list(s) for s in n.in_shapes],
+        "out": list(n.out_shape),
+    }
+
+
+def _key(item: dict[str, Any]) -> str:
+    return json.dumps(item, sort_keys=True, separators=(",", ":"))
+
+
+def _build(item: dict[str, Any]) -> tuple[nn.Module, list[torch.Tensor], bool]:
+    """(module, inputs, takes_list) for a measured item, eval mode, channels_last."""
+    if "op" in item:
+        shape = tuple(item["in"])
+        mod = ops.REGISTRY[item["op"]].build(shape, tuple(item["out"]), item["params"])
+        xs, takes_list = [torch.randn(1, *shape)], False
+    else:
+        shapes = [tuple(s) for s in item["in"]]
+        mod = Combine(item["combine"], len(shapes), item["out"][0], reduce=item["reduce"])
+        xs, takes_list = [torch.randn(1, *s) for s in shapes], True
+    xs = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in xs]
+    mod = mod.to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
+    return mod, xs, takes_list
+
+
+def _median_seconds(fn: Callable[[], object]) -> float:
+    """Median seconds per call of `fn` over SAMPLES samples, after a warm-up."""
+    t0 = time.perf_counter()
+    calls = 0
+    while calls < 3 or time.perf_counter() - t0 < WARMUP_S:
+        fn()
+        calls += 1
+    per_call = (time.perf_counter() - t0) / calls
+    inner = max(1, round(SAMPLE_S / max(per_call, 1e-7)))
+    times = []
+    for _ in range(SAMPLES):
+        t = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        times.append((time.perf_counter() - t) / inner)
+    return statistics.median(times)
+
+
+def measure_item(item: dict[str, Any]) -> float:
+    """Median single-thread seconds of one op or combine at batch 1 (caller sets threads)."""
+    mod, xs, takes_list = _build(item)
+    with torch.inference_mode():
+        if takes_list:
+            return _median_seconds(lambda: mod(xs))
+        x = xs[0]
+        return _median_seconds(lambda: mod(x))
+
+
+def barrier_seconds(parties: int, samples: int = 9) -> float:
+    """Median seconds of one crossing of a `threading.Barrier(parties)` (0 for one party)."""
+    if parties < 2:
+        return 0.0
+    barrier = threading.Barrier(parties)
+
+    def worker() -> None:
+        for _ in range(samples * BARRIER_CROSSINGS + 1):
+            barrier.wait()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(parties - 1)]
+    for th in threads:
+        th.start()
+    barrier.wait()  # all threads running
+    times = []
+    for _ in range(samples):
+        t = time.perf_counter()
+        for _ in range(BARRIER_CROSSINGS):
+            barrier.wait()
+        times.append((time.perf_counter() - t) / BARRIER_CROSSINGS)
+    for th in threads:
+        th.join()
+    return statistics.median(times)
+
+
+# --- the cost model ---------------------------------------------------------------------------
+
+
+def _items(ir: IR) -> dict[str, dict[str, Any]]:
+    """Node key (`<node id>` or `<node id>#<candidate index>`) -> measured item."""
+    out: dict[str, dict[str, Any]] = {}
+    for n in ir.nodes():
+        if n.kind in ("op", "block"):
+            for i, c in enumerate(n.candidates):
+                out[f"{n.id}#{i}"] = _op_item(c.kind, dict(c.params), n)
+        elif n.kind == "sync":
+            out[n.id] = _combine_item(n, reduce=True)
+        elif n.kind == "merge":
+            out[n.id] = _combine_item(n, reduce=False)
+    return out
+
+
+def cache_key(items: list[str], paths: int) -> str:
+    blob = json.dumps(
+        {
+            "protocol": PROTOCOL,
+            "cpu": cpu_model(),
+            "torch": torch.__version__,
+            "paths": paths,
+            "items": sorted(set(items)),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def measure_table(
+    ir: IR, progress: Progress | None = None, cache_dir: Path | None = None
+) -> dict[str, Any]:
+    """The lookup table {"items": {item key: us}, "barrier_us": us, ...}, cached per machine."""
+    say = progress or (lambda _msg: None)
+    items = _items(ir)
+    unique = sorted({_key(it): it for it in items.values()}.items())
+    root = cache_dir if cache_dir is not None else default_latency_dir()
+    file = root / f"{cache_key([k for k, _ in unique], ir.paths)}.json"
+    try:
+        table: dict[str, Any] = json.loads(file.read_text())
+        if all(k in table["items"] for k, _ in unique) and "barrier_us" in table:
+            say(f"latency table from cache {file}")
+            return table
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    say(f"measuring the latency of {len(unique)} ops (one thread, batch 1)")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    try:
+        measured = {k: measure_item(it) * 1e6 for k, it in unique}
+        barrier = barrier_seconds(ir.paths) * 1e6
+    finally:
+        torch.set_num_threads(threads)
+    table = {
+        "protocol": PROTOCOL,
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "paths": ir.paths,
+        "unit": "us",
+        "barrier_us": barrier,
+        "measure_s": time.perf_counter() - t0,
+        "items": measured,
+    }
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, file)
+        say(f"measured in {table['measure_s']:.1f} s; cached at {file}")
+    except OSError as exc:
+        say(f"warning: could not write latency cache {file} ({exc})")
+    return table
+
+
+def latency_costs(
+    ir: IR, progress: Progress | None = None, cache_dir: Path | None = None
+) -> CostModel:
+    """The `latency` CostModel of `ir` (microseconds), measured on this machine or cached.
+
+    `cache_dir` holds the JSON tables (default `$PARNASC_CACHE/latency`, i.e.
+    `~/.cache/parnasc/latency`)."""
+    table = measure_table(ir, progress, cache_dir)
+    t = table["items"]
+    barrier = float(table["barrier_us"])
+    items = _items(ir)
+
+    def us(nid: str) -> float:
+        return float(t[_key(items[nid])])
+
+    blocks: dict[str, torch.Tensor] = {}
+    syncs: dict[str, float] = {}
+    joins: list[str] = []
+    fixed = 0.0
+    for n in ir.nodes():
+        if n.kind == "block":
+            blocks[arch_key(n.id)] = torch.tensor(
+                [us(f"{n.id}#{i}") for i in range(len(n.candidates))]
+            )
+        elif n.kind == "sync" and n.mode == "search":
+            syncs[arch_key(n.id)] = us(n.id) + barrier
+        elif n.kind == "sync":
+            fixed += us(n.id) + barrier
+            assert n.level is not None
+            joins.append(n.level)
+        elif n.kind == "merge":
+            fixed += us(n.id) + barrier  # the merge joins the paths too
+        elif n.kind == "op":
+            fixed += us(f"{n.id}#0")
+    return CostModel("latency", blocks, syncs, fixed, ir.levels, ir.paths, joins=tuple(joins))
+
+
+__all__ = ["barrier_seconds", "cpu_model", "latency_costs", "measure_item", "measure_table"]
