@@ -152,10 +152,11 @@ def show(
     spec, ir = compile_file(file)
     target = out or Path(f"{spec.name}.svg")
     if target.suffix.lower() not in (".svg", ".png", ".pdf"):
-        raise OptionError(f"--out: unsupported picture format '{target.suffix}' (use .svg, .png or .pdf)")
+        raise OptionError(
+            f"--out: unsupported picture format '{target.suffix}' (use .svg, .png or .pdf)"
+        )
     draw(ir, target)
     print(f"wrote {target}")
-
 
 
 def _spec_or_last(spec: Path | None) -> Path:
@@ -176,18 +177,26 @@ def _load_data(data: Path | None, n_train: int | None, n_test: int | None, seed:
 @app.command("search")
 def search_cmd(
     spec: Annotated[
-        Path | None, typer.Argument(help="supernet spec [the spec compiled last]", show_default=False)
+        Path | None,
+        typer.Argument(help="supernet spec [the spec compiled last]", show_default=False),
     ] = None,
     cores: Annotated[
-        int | None, typer.Option("--cores", help="cores of the target [spec target, else this machine]")
+        int | None,
+        typer.Option("--cores", help="cores of the target [spec target, else this machine]"),
     ] = None,
     data: Annotated[
         Path | None, typer.Option("--data", help="CIFAR-10: archive or folder [download to cache]")
     ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="search epochs [spec]")] = None,
-    warmup: Annotated[int | None, typer.Option("--warmup", help="weights-only epochs [spec]")] = None,
-    alpha: Annotated[float | None, typer.Option("--alpha", help="CE weight, equation (12) [spec]")] = None,
-    beta: Annotated[float | None, typer.Option("--beta", help="cost weight, equation (12) [spec]")] = None,
+    warmup: Annotated[
+        int | None, typer.Option("--warmup", help="weights-only epochs [spec]")
+    ] = None,
+    alpha: Annotated[
+        float | None, typer.Option("--alpha", help="CE weight, equation (12) [spec]")
+    ] = None,
+    beta: Annotated[
+        float | None, typer.Option("--beta", help="cost weight, equation (12) [spec]")
+    ] = None,
     cost: Annotated[str | None, typer.Option("--cost", help="flops or latency [spec]")] = None,
     mode: Annotated[str | None, typer.Option("--mode", help="joint or alternate [spec]")] = None,
     recipe: Annotated[str, typer.Option("--recipe", help="default or paper")] = "default",
@@ -196,9 +205,15 @@ def search_cmd(
     train_images: Annotated[
         int | None, typer.Option("--train-images", help="use a class-balanced subset")
     ] = None,
-    test_images: Annotated[int | None, typer.Option("--test-images", help="subset of the test set")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch threads [all cores]")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="run directory [runs/<model>-s<seed>]")] = None,
+    test_images: Annotated[
+        int | None, typer.Option("--test-images", help="subset of the test set")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="torch threads [all cores]")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="run directory [runs/<model>-s<seed>]")
+    ] = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="continue an interrupted run directory")
     ] = None,
@@ -217,12 +232,18 @@ def search_cmd(
         try:
             previous = json.loads((resume / "settings.json").read_text())
         except (OSError, ValueError):
-            raise OptionError(f"--resume {resume}: not a search run directory (no settings.json)") from None
+            raise OptionError(
+                f"--resume {resume}: not a search run directory (no settings.json)"
+            ) from None
         spec = Path(previous["spec"])
         out = resume
     spec_path = _spec_or_last(spec)
     s, ir = compile_file(spec_path)
-    for name, value, allowed in (("--cost", cost, ("flops", "latency")), ("--mode", mode, ("joint", "alternate")), ("--recipe", recipe, ("default", "paper"))):
+    for name, value, allowed in (
+        ("--cost", cost, ("flops", "latency")),
+        ("--mode", mode, ("joint", "alternate")),
+        ("--recipe", recipe, ("default", "paper")),
+    ):
         if value is not None and value not in allowed:
             raise OptionError(f"{name} {value}: expected one of {', '.join(allowed)}")
     n_cores = cores or s.target.cores or len(os.sched_getaffinity(0))
@@ -230,22 +251,32 @@ def search_cmd(
         raise OptionError(f"--cores {cores}: must be at least 1")
     if s.paths > n_cores:
         raise OptionError(
-            f"--cores {n_cores}: {spec_path} has {s.paths} paths; the method runs one path per core, "
-            f"so it needs at least {s.paths} cores"
+            f"--cores {n_cores}: {spec_path} has {s.paths} paths; the method runs one path "
+            f"per core, so it needs at least {s.paths} cores"
         )
     if previous:
         settings = Settings(**previous["settings"])
     else:
         overrides: dict[str, Any] = dict(
-            alpha=alpha, beta=beta, cost=cost, epochs=epochs, warmup=warmup, batch=batch,
-            seed=seed, mode=mode, n_train=train_images, recipe=recipe,
+            alpha=alpha,
+            beta=beta,
+            cost=cost,
+            epochs=epochs,
+            warmup=warmup,
+            batch=batch,
+            seed=seed,
+            mode=mode,
+            n_train=train_images,
+            recipe=recipe,
         )
         if recipe == "paper":
             overrides = {**PAPER_RECIPE, **{k: v for k, v in overrides.items() if v is not None}}
         settings = Settings.from_spec(s.search, n_cores, **overrides)
     run_dir = out or Path("runs") / f"{s.name}-s{settings.seed}"
     if resume is None and (run_dir / "checkpoint.pt").exists():
-        raise OptionError(f"--out {run_dir}: a run is already there; use --resume {run_dir} or another --out")
+        raise OptionError(
+            f"--out {run_dir}: a run is already there; use --resume {run_dir} or another --out"
+        )
     set_threads(threads)
     train, val, _ = _loaders(data, settings.n_train, test_images, settings, s.input)
     costs = None
@@ -253,23 +284,49 @@ def search_cmd(
         from parnasc.latency import latency_costs
 
         costs = latency_costs(ir, progress=_err)
-    _remember(spec_path, Path(last_compiled()["build"]) if STATE.exists() else Path("build") / s.name, run=run_dir)
+    _remember(
+        spec_path,
+        Path(last_compiled()["build"]) if STATE.exists() else Path("build") / s.name,
+        run=run_dir,
+    )
     with Display(settings.epochs, len(train)) as display:
-        result = search(s, ir, settings, train, val, run_dir, costs=costs, resume=resume is not None, report=display)
+        result = search(
+            s,
+            ir,
+            settings,
+            train,
+            val,
+            run_dir,
+            costs=costs,
+            resume=resume is not None,
+            report=display,
+        )
     print(f"search done: validation accuracy {result['val_acc']:.2%}")
     for k, v in result["choices"].items():
         print(f"  {k:<12} {v}")
     print(f"wrote {run_dir / 'derived.pnas'}  (retrain: parnasc train {run_dir / 'derived.pnas'})")
 
 
-def _loaders(data: Path | None, n_train: int | None, n_test: int | None, settings: Any, shape: tuple[int, int, int]) -> tuple[Any, Any, Any]:
+def _loaders(
+    data: Path | None,
+    n_train: int | None,
+    n_test: int | None,
+    settings: Any,
+    shape: tuple[int, int, int],
+) -> tuple[Any, Any, Any]:
     from parnasc.data import Loader, split_train
 
     if shape != (3, 32, 32):
-        raise OptionError(f"the data is 3x32x32 CIFAR-10 but the spec's input is {'x'.join(map(str, shape))}")
+        raise OptionError(
+            f"the data is 3x32x32 CIFAR-10 but the spec's input is {'x'.join(map(str, shape))}"
+        )
     cifar = _load_data(data, n_train, n_test, settings.seed)
-    (xt, yt), (xv, yv) = split_train(cifar.train_x, cifar.train_y, settings.val_fraction, settings.seed)
-    train = Loader(xt, yt, settings.batch, shuffle=True, augment=True, seed=settings.seed, drop_last=True)
+    (xt, yt), (xv, yv) = split_train(
+        cifar.train_x, cifar.train_y, settings.val_fraction, settings.seed
+    )
+    train = Loader(
+        xt, yt, settings.batch, shuffle=True, augment=True, seed=settings.seed, drop_last=True
+    )
     val = Loader(xv, yv, settings.batch, shuffle=True, augment=False, seed=settings.seed + 1)
     test = Loader(cifar.test_x, cifar.test_y, 500, shuffle=False, augment=False, seed=0)
     return train, val, test
@@ -277,15 +334,33 @@ def _loaders(data: Path | None, n_train: int | None, n_test: int | None, setting
 
 @app.command("train")
 def train_cmd(
-    spec: Annotated[Path, typer.Argument(help="a concrete spec, e.g. RUN/derived.pnas", show_default=False)],
-    data: Annotated[Path | None, typer.Option("--data", help="CIFAR-10: archive or folder [download to cache]")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="epochs [spec retrain_epochs]")] = None,
-    from_scratch: Annotated[bool, typer.Option("--from-scratch", help="do not start from the searched weights")] = False,
-    train_images: Annotated[int | None, typer.Option("--train-images", help="use a class-balanced subset")] = None,
-    test_images: Annotated[int | None, typer.Option("--test-images", help="subset of the test set")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch threads [all cores]")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="output directory [the spec's directory]")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted training")] = False,
+    spec: Annotated[
+        Path, typer.Argument(help="a concrete spec, e.g. RUN/derived.pnas", show_default=False)
+    ],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="CIFAR-10: archive or folder [download to cache]")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="epochs [spec retrain_epochs]")
+    ] = None,
+    from_scratch: Annotated[
+        bool, typer.Option("--from-scratch", help="do not start from the searched weights")
+    ] = False,
+    train_images: Annotated[
+        int | None, typer.Option("--train-images", help="use a class-balanced subset")
+    ] = None,
+    test_images: Annotated[
+        int | None, typer.Option("--test-images", help="subset of the test set")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="torch threads [all cores]")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output directory [the spec's directory]")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue an interrupted training")
+    ] = False,
 ) -> None:
     """Retrain a concrete architecture (by default from its searched weights); print test accuracy.
 
@@ -299,7 +374,10 @@ def train_cmd(
 
     s, ir = compile_file(spec)
     if not s.concrete:
-        raise OptionError(f"{spec}: not a concrete spec (blocks with several candidates or searchable syncs); run 'parnasc search' first")
+        raise OptionError(
+            f"{spec}: not a concrete spec (blocks with several candidates or searchable "
+            "syncs); run 'parnasc search' first"
+        )
     out_dir = out or spec.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     torch_seed = s.search.seed
@@ -311,7 +389,10 @@ def train_cmd(
     if not from_scratch:
         weights = spec.parent / "searched.pt"
         if not weights.exists():
-            raise OptionError(f"{weights} not found: train from the searched weights needs it, or pass --from-scratch")
+            raise OptionError(
+                f"{weights} not found: training from the searched weights needs it; "
+                "or pass --from-scratch"
+            )
         net.load_state_dict(load_checkpoint(weights)["net"])
         source = str(weights)
     set_threads(threads)
@@ -320,7 +401,18 @@ def train_cmd(
     n_epochs = epochs if epochs is not None else s.search.retrain_epochs
     meta = {"spec": str(spec), "spec_hash": s.spec_hash, "init": source, "epochs": n_epochs}
     with Display(n_epochs, len(train)) as display:
-        acc = retrain(net, train, test, s.search.weights, n_epochs, out_dir, s.search.seed, meta, display, resume)
+        acc = retrain(
+            net,
+            train,
+            test,
+            s.search.weights,
+            n_epochs,
+            out_dir,
+            s.search.seed,
+            meta,
+            display,
+            resume,
+        )
     _remember(spec, Path("build") / s.name, run=out_dir)
     print(f"test accuracy {acc:.2%}  (wrote {out_dir / 'model.pt'})")
 

@@ -57,9 +57,14 @@ class Display:
 def _values(v: dict[str, Any]) -> str:
     parts = []
     for key, fmt in (
-        ("loss", "loss {:.3f}"), ("ce", "ce {:.3f}"), ("ops", "ops {:.3f}"),
-        ("sync", "sync {:.3f}"), ("train_acc", "acc {:.1%}"), ("val_acc", "val {:.1%}"),
-        ("test_acc", "test {:.1%}"), ("images_per_s", "{:.0f} img/s"),
+        ("loss", "loss {:.3f}"),
+        ("ce", "ce {:.3f}"),
+        ("ops", "ops {:.3f}"),
+        ("sync", "sync {:.3f}"),
+        ("train_acc", "acc {:.1%}"),
+        ("val_acc", "val {:.1%}"),
+        ("test_acc", "test {:.1%}"),
+        ("images_per_s", "{:.0f} img/s"),
     ):
         if key in v:
             parts.append(fmt.format(v[key]))

@@ -114,7 +114,7 @@ def _same_out(h: int, k: int, stride: int, dilation: int) -> int:
 
 
 def _window(shape: Shape, p: Params, out_c: int, what: str) -> Shape:
-    c, h, w = _spatial(shape, what)
+    _, h, w = _spatial(shape, what)
     s = p.get("stride", 1)
     if s > 1 and (h < s or w < s):
         raise ShapeError(f"stride {s} would shrink the {h}x{w} map below 1x1")
@@ -255,7 +255,7 @@ for _avg, _name in ((False, "maxpool"), (True, "avgpool")):
 
 
 def _skip_shape(shape: Shape, p: Params) -> Shape:
-    c, h, w = _spatial(shape, "skip")
+    c = _spatial(shape, "skip")[0]
     if p["out"] != c:
         raise ShapeError(f"skip cannot change channels ({c} -> {p['out']})")
     if p["stride"] != 1:

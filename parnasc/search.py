@@ -59,10 +59,18 @@ class Settings:
     @classmethod
     def from_spec(cls, s: SearchSpec, cores: int, **overrides: Any) -> Settings:
         base = {
-            "alpha": s.alpha, "beta": s.beta, "cost": s.cost, "epochs": s.epochs,
-            "warmup": s.warmup, "batch": s.batch, "seed": s.seed, "mode": s.mode,
-            "val_fraction": s.val_fraction, "cores": cores,
-            "weights": s.weights.model_dump(), "arch": s.arch.model_dump(),
+            "alpha": s.alpha,
+            "beta": s.beta,
+            "cost": s.cost,
+            "epochs": s.epochs,
+            "warmup": s.warmup,
+            "batch": s.batch,
+            "seed": s.seed,
+            "mode": s.mode,
+            "val_fraction": s.val_fraction,
+            "cores": cores,
+            "weights": s.weights.model_dump(),
+            "arch": s.arch.model_dump(),
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
@@ -123,9 +131,7 @@ def derive(net: Net, ir: IR, budget: int | None) -> tuple[dict[str, str], dict[s
                     if best is None or loss < best[0]:
                         best = (loss, k, lab)
         if best is None:
-            raise UserError(
-                f"no architecture fits the memory budget of {budget} bytes per core"
-            )
+            raise UserError(f"no architecture fits the memory budget of {budget} bytes per core")
         choices[best[1]] = best[2]
     return choices, probs
 
@@ -192,7 +198,9 @@ def search(
         "spec_hash": spec.spec_hash,
         "settings": json.dumps(asdict(settings), sort_keys=True),
     }
-    atomic_text(run_dir / "settings.json", json.dumps({**meta, "settings": asdict(settings)}, indent=1))
+    atomic_text(
+        run_dir / "settings.json", json.dumps({**meta, "settings": asdict(settings)}, indent=1)
+    )
     total = settings.epochs * len(train)
     for epoch in range(start + 1, settings.epochs + 1):
         epoch_seed(settings.seed, epoch)
@@ -246,7 +254,9 @@ def search(
             ck_path,
         )
         if report:
-            report("epoch-end", epoch, len(train), {**row, "arch": probs_now, "labels": net.choices})
+            report(
+                "epoch-end", epoch, len(train), {**row, "arch": probs_now, "labels": net.choices}
+            )
     choices, probs = derive(net, ir, spec.target.memory)
     concrete_ir = prune(ir, choices)
     concrete = lower(concrete_ir)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from parnasc.ir import IR, fixed_cost, flops_range, search_space_size
+from parnasc.ir import IR, count, fixed_cost, flops_range, search_space_size
 from parnasc.spec import Spec
+
+MAX_ROWS = 40  # longer specs show their first and last levels with an ellipsis row between
 
 
 def human(n: float, unit: str = "") -> str:
@@ -17,25 +19,50 @@ def human(n: float, unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
+def _shape(s: tuple[int, ...] | None) -> str:
+    if not s:
+        return "?"
+    return f"{s[0]} x {s[1]}x{s[2]}" if len(s) == 3 else str(s[0])
+
+
 def summary_table(spec: Spec, ir: IR) -> Table:
-    table = Table(title=f"{spec.name}: {spec.paths} paths x {len(spec.levels)} levels", show_lines=True)
+    """One row per level: output shape, each path's candidates with FLOPs and params, the sync."""
+    table = Table(
+        title=f"{spec.name}: {ir.paths} paths x {len(ir.levels)} levels",
+        caption="cells: candidate, FLOPs (mul + add), params",
+        show_lines=True,
+    )
     table.add_column("level", style="bold")
     table.add_column("out x HxW")
-    for p in range(1, spec.paths + 1):
-        table.add_column(f"path {p}: candidate  FLOPs  params")
+    for p in range(1, ir.paths + 1):
+        table.add_column(f"path {p}")
     table.add_column("sync")
-    for lv in ir.levels:
-        blocks = [ir.block(lv, p) for p in range(1, spec.paths + 1)]
-        shape = blocks[0].out_shape or ()
+    levels = ir.levels
+    if len(levels) > MAX_ROWS:
+        head, tail = MAX_ROWS * 2 // 3, MAX_ROWS // 3
+        shown: list[str | None] = [*levels[:head], None, *levels[-tail:]]
+    else:
+        shown = list(levels)
+    widths = [  # per path column, so that the figures line up from row to row
+        max(len(c.label) for lv in shown if lv for c in ir.block(lv, p).candidates)
+        for p in range(1, ir.paths + 1)
+    ]
+    for lv in shown:
+        if lv is None:
+            skipped = len(levels) - len([s for s in shown if s is not None])
+            table.add_row(f"... {skipped} more", "", *([""] * ir.paths), "")
+            continue
+        blocks = [ir.block(lv, p) for p in range(1, ir.paths + 1)]
         cells = [
             "\n".join(
-                f"{c.label}  {human(c.cost.flops)}  {human(c.cost.params)}" for c in b.candidates
+                f"{c.label:<{w}}  {human(c.cost.flops):>6}  {human(c.cost.params):>6}"
+                for c in b.candidates
             )
-            for b in blocks
+            for b, w in zip(blocks, widths, strict=True)
         ]
         s = ir.sync(lv)
         sync = "-" if s is None else f"{s.mode} {s.combiner}\n{human(s.cost.flops)} FLOPs"
-        table.add_row(lv, f"{shape[0]} x {shape[1]}x{shape[2]}", *cells, sync)
+        table.add_row(lv, _shape(blocks[0].out_shape), *cells, sync)
     return table
 
 
@@ -44,6 +71,14 @@ def print_summary(spec: Spec, ir: IR, console: Console | None = None) -> None:
     console.print(summary_table(spec, ir))
     lo, hi = flops_range(ir)
     fixed = fixed_cost(ir)
-    console.print(f"architectures in the search space: {search_space_size(ir):,}")
-    console.print(f"FLOPs (mul + add): cheapest {human(lo)} ({lo:,}), most expensive {human(hi)} ({hi:,})")
-    console.print(f"fixed part (stem, fixed syncs, merge, head): {human(fixed.flops)} FLOPs, {human(fixed.params)} params")
+    size = search_space_size(ir)
+    console.print(
+        f"architectures in the search space: {f'{size:,}' if size < 10**30 else count(size)}"
+    )
+    console.print(
+        f"FLOPs (mul + add): cheapest {human(lo)} ({lo:,}), most expensive {human(hi)} ({hi:,})"
+    )
+    console.print(
+        f"fixed part (stem, fixed syncs, merge, head): {human(fixed.flops)} FLOPs, "
+        f"{human(fixed.params)} params"
+    )

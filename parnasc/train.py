@@ -87,7 +87,9 @@ class JsonLog:
         if not self.path.exists():
             return
         keep = [
-            ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= epoch
+            ln
+            for ln in self.path.read_text().splitlines()
+            if ln and json.loads(ln)["epoch"] <= epoch
         ]
         atomic_text(self.path, "".join(ln + "\n" for ln in keep))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from parnasc.ir import IR
+from parnasc.ir import IR, gc_paused
 from parnasc.passes.costs import annotate_costs
 from parnasc.passes.shapes import infer_shapes
 from parnasc.passes.verify import verify
@@ -14,13 +14,14 @@ PIPELINE: tuple[Pass, ...] = (infer_shapes, annotate_costs)
 
 
 def run(ir: IR, passes: tuple[Pass, ...] = PIPELINE, check: bool = True) -> IR:
-    """Apply `passes`; with `check`, run the verifier before the first and after every pass."""
-    if check:
-        verify(ir)
-    for p in passes:
-        ir = p(ir)
+    """Apply `passes` (GC paused); with `check`, verify before the first and after every pass."""
+    with gc_paused():
         if check:
             verify(ir)
+        for p in passes:
+            ir = p(ir)
+            if check:
+                verify(ir)
     return ir
 
 

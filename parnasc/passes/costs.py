@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from parnasc import ops
-from parnasc.ir import IR
+from parnasc.ir import IR, Candidate
 
 
 def annotate_costs(ir: IR) -> IR:
@@ -12,8 +12,11 @@ def annotate_costs(ir: IR) -> IR:
         if n.kind in ("op", "block"):
             assert n.out_shape is not None
             n.candidates = [
-                c.model_copy(
-                    update={"cost": ops.REGISTRY[c.kind].cost(n.in_shapes[0], n.out_shape, c.params)}
+                Candidate.model_construct(  # the fields were validated when `c` was made
+                    kind=c.kind,
+                    params=c.params,
+                    label=c.label,
+                    cost=ops.REGISTRY[c.kind].cost(n.in_shapes[0], n.out_shape, c.params),
                 )
                 for c in n.candidates
             ]

@@ -25,17 +25,19 @@ def prune(ir: IR, choices: dict[str, str]) -> IR:
             label = choices.get(key)
             picked = [c for c in n.candidates if c.label == label]
             if not picked:
-                raise PruneError(f"no choice for block {key} among {[c.label for c in n.candidates]}")
+                among = [c.label for c in n.candidates]
+                raise PruneError(f"no choice for block {key} among {among}")
             n.candidates = picked
         elif n.kind == "sync" and n.mode == "search":
             key = f"{n.level}:sync"
             if key not in choices:
                 raise PruneError(f"no choice for sync site {key}")
             consumers = {v for _, v in g.out_edges(n.id)}
-            direct = [
+            direct = [  # only the consumers' in-edges: scanning every edge is quadratic
                 (u, v, k, d)
-                for u, v, k, d in g.edges(keys=True, data=True)
-                if d["role"] == "direct" and v in consumers
+                for v in consumers
+                for u, _, k, d in g.in_edges(v, keys=True, data=True)
+                if d["role"] == "direct"
             ]
             for u, v, k, _ in direct:
                 g.remove_edge(u, v, k)
@@ -43,7 +45,6 @@ def prune(ir: IR, choices: dict[str, str]) -> IR:
                 g.remove_node(n.id)
                 for u, v, _, d in direct:
                     g.add_edge(u, v, port=d["port"], role="data")
-                out.meta["order"] = [x for x in out.meta["order"] if x != n.id]
             else:
                 n.mode = "always"
     return out

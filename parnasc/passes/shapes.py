@@ -17,7 +17,7 @@ def infer_shapes(ir: IR) -> IR:
     err = Collector(ir.meta.get("file"))
     failed: set[str] = set()
     for n in ir.nodes():
-        preds = [u for u, role in ir.inputs(n.id) if role == "data"]
+        preds = ir.data_inputs(n.id)
         if any(u in failed for u in preds):
             failed.add(n.id)
             continue
@@ -46,7 +46,9 @@ def _out_shape(n: Node, ir: IR) -> Shape:
             except ShapeError as exc:
                 raise ShapeError(f"{c.label}: {exc}") from None
         if len(set(outs)) > 1:
-            detail = ", ".join(f"{c.label} -> {_fmt(o)}" for c, o in zip(n.candidates, outs, strict=True))
+            detail = ", ".join(
+                f"{c.label} -> {_fmt(o)}" for c, o in zip(n.candidates, outs, strict=True)
+            )
             raise ShapeError(f"candidates disagree in output shape ({detail})")
         return outs[0]
     assert n.combiner is not None

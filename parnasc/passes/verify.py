@@ -1,61 +1,134 @@
-"""The IR verifier: structural invariants that every pass must keep (an xDSL-style check)."""
+"""The IR verifier: structural invariants that every pass must keep (an xDSL-style check).
+
+Checked, in time linear in the graph: every graph key holds a `Node` with that id and no id
+repeats; edges have a role ("data"/"direct") and ports 0..k-1 without gaps; the graph is acyclic;
+each kind has its data arity (input 0, op/block/output 1, sync/merge one per path); blocks name
+their level and a path in 1..P; a direct edge bypasses a searchable sync (it leaves a block that
+feeds the sync and enters the sync's consumer at the sync's port), and every searchable sync is
+bypassed once per path; once shapes are inferred they agree along every edge.
+"""
 
 from __future__ import annotations
 
-import networkx as nx
+from collections import Counter
 
-from parnasc.ir import IR
+from parnasc.ir import IR, Node, VerifyError
 
+__all__ = ["VerifyError", "verify"]
 
-class VerifyError(AssertionError):
-    """The IR is malformed: an internal bug, never a user error."""
+_ARITY = {"input": 0, "op": 1, "block": 1, "output": 1}
 
 
 def verify(ir: IR) -> None:
-    """Acyclic, ids unique and consistent, arity per node kind, shapes agree along edges."""
+    """Raise VerifyError listing every broken invariant; return None when the IR is sound."""
     g = ir.graph
     problems: list[str] = []
-    if not nx.is_directed_acyclic_graph(g):
-        problems.append("graph has a cycle")
-    ids = [ir.node(n).id for n in g.nodes]
-    if sorted(ids) != sorted(g.nodes) or len(set(ids)) != len(ids):
-        problems.append("node ids are not unique or do not match their graph keys")
+    nodes: dict[str, Node] = {}
+    for key, attrs in g.nodes(data=True):
+        n = attrs.get("node")
+        if not isinstance(n, Node):
+            problems.append(f"{key}: no Node under the 'node' attribute")
+            continue
+        if n.id != key:
+            problems.append(f"graph key {key!r} holds node id {n.id!r}")
+        nodes[key] = n
+    for nid, count in Counter(n.id for n in nodes.values()).items():
+        if count > 1:
+            problems.append(f"node id {nid!r} is used {count} times")
+    if problems:  # the checks below need one Node per key
+        _fail(problems)
+
     p = ir.paths
-    for nid in g.nodes:
-        n = ir.node(nid)
-        data = [u for u, role in ir.inputs(nid) if role == "data"]
-        direct = [u for u, role in ir.inputs(nid) if role == "direct"]
-        want = {"input": 0, "op": 1, "block": 1, "sync": p, "merge": p, "output": 1}[n.kind]
+    for u, v, d in g.edges(data=True):
+        if d.get("role") not in ("data", "direct") or not isinstance(d.get("port"), int):
+            problems.append(f"edge {u} -> {v}: bad role/port {d.get('role')!r}/{d.get('port')!r}")
+    if problems:
+        _fail(problems)
+    try:
+        ir.order()
+    except VerifyError as exc:
+        problems.append(str(exc))
+
+    searched: dict[str, int] = {}  # searchable sync -> direct edges bypassing it
+    for nid, n in nodes.items():
+        edges = ir.edges(nid)
+        data = [(u, port) for u, port, role in edges if role == "data"]
+        direct = [(u, port) for u, port, role in edges if role == "direct"]
+        want = _ARITY.get(n.kind, p)
         if len(data) != want:
             problems.append(f"{nid}: {n.kind} has {len(data)} data inputs, expected {want}")
-        if direct and not all(ir.node(u).kind == "block" for u in direct):
-            problems.append(f"{nid}: a direct edge must come from a block")
+        elif [port for _, port in data] != list(range(want)):
+            problems.append(f"{nid}: data ports {[port for _, port in data]} are not 0..{want - 1}")
         if n.kind in ("op", "block") and not n.candidates:
             problems.append(f"{nid}: no candidates")
         if n.kind == "op" and len(n.candidates) != 1:
             problems.append(f"{nid}: a plain op has exactly one candidate")
+        if n.kind == "block" and (n.level is None or n.path is None or not 1 <= n.path <= p):
+            problems.append(f"{nid}: a block needs its level and a path in 1..{p}")
+        if n.kind == "sync" and (n.mode is None or n.combiner is None):
+            problems.append(f"{nid}: a sync needs a mode and a combiner")
         if n.kind == "output" and g.out_degree(nid):
             problems.append("output has successors")
         if n.kind != "output" and not g.out_degree(nid):
             problems.append(f"{nid}: dead end (no successors)")
+        by_port = {port: u for u, port in data}
+        for u, port in direct:
+            s = by_port.get(port)
+            sync = nodes.get(s) if s is not None else None
+            if sync is None or sync.kind != "sync" or sync.mode != "search":
+                problems.append(f"{nid}: direct edge from {u} does not bypass a searchable sync")
+            elif nodes[u].kind != "block" or u not in ir.data_inputs(sync.id):
+                problems.append(f"{nid}: direct edge from {u}, which does not feed {sync.id}")
+            else:
+                searched[sync.id] = searched.get(sync.id, 0) + 1
         if n.out_shape is not None:
-            for u in data + direct:
-                s = ir.node(u).out_shape
-                if s is None:
-                    problems.append(f"{nid}: input {u} has no shape")
-            if n.kind in ("op", "block", "output") and data:
-                if ir.node(data[0]).out_shape != (tuple(n.in_shapes[0]) if n.in_shapes else None):
-                    problems.append(f"{nid}: in_shapes disagree with the producer {data[0]}")
-            for u in direct:
-                if ir.node(u).out_shape != _bypassed_shape(ir, nid):
-                    problems.append(f"{nid}: direct input {u} has the wrong shape")
+            problems.extend(_shape_problems(ir, nodes, n, data, direct))
+    for nid, n in nodes.items():
+        if n.kind == "sync" and n.mode == "search" and searched.get(nid, 0) != p:
+            problems.append(
+                f"{nid}: searchable sync bypassed {searched.get(nid, 0)} times, not {p}"
+            )
     if problems:
-        raise VerifyError("IR verification failed:\n  " + "\n  ".join(problems))
+        _fail(problems)
 
 
-def _bypassed_shape(ir: IR, nid: str) -> tuple[int, ...] | None:
-    """The shape a direct edge must have: that of the sync it bypasses."""
-    for u, role in ir.inputs(nid):
-        if role == "data" and ir.node(u).kind == "sync":
-            return ir.node(u).out_shape
-    return None
+def _shape_problems(
+    ir: IR,
+    nodes: dict[str, Node],
+    n: Node,
+    data: list[tuple[str, int]],
+    direct: list[tuple[str, int]],
+) -> list[str]:
+    """Shapes along edges: in_shapes[port] is the producer's out_shape; bypasses match the sync."""
+    out: list[str] = []
+    if len(n.in_shapes) != len(data):
+        return [f"{n.id}: {len(n.in_shapes)} input shapes for {len(data)} data inputs"]
+    for u, port in data:
+        s = nodes[u].out_shape
+        if s is None:
+            out.append(f"{n.id}: input {u} has no shape")
+        elif tuple(n.in_shapes[port]) != tuple(s):
+            out.append(
+                f"{n.id}: input shape {_fmt(n.in_shapes[port])} at port {port} disagrees with "
+                f"{u}'s output {_fmt(s)}"
+            )
+    by_port = {port: u for u, port in data}
+    for u, port in direct:
+        want = nodes[by_port[port]].out_shape if port in by_port else None
+        if nodes[u].out_shape != want:
+            out.append(
+                f"{n.id}: direct input {u} is {_fmt(nodes[u].out_shape)}, the sync it bypasses "
+                f"is {_fmt(want)}"
+            )
+    if n.kind == "output" and n.in_shapes and tuple(n.in_shapes[0]) != n.out_shape:
+        out.append(f"output: shape {_fmt(n.out_shape)} differs from its input")
+    return out
+
+
+def _fmt(s: tuple[int, ...] | None) -> str:
+    return "?" if s is None else "x".join(map(str, s))
+
+
+def _fail(problems: list[str], limit: int = 20) -> None:
+    more = [f"... and {len(problems) - limit} more"] if len(problems) > limit else []
+    raise VerifyError("IR verification failed:\n  " + "\n  ".join(problems[:limit] + more))
