@@ -6,23 +6,32 @@ from pathlib import Path
 
 from parnasc import passes
 from parnasc.errors import PnasError
-from parnasc.ir import IR, build
-from parnasc.parse import parse, parse_file
+from parnasc.ir import IR, build, gc_paused
+from parnasc.parse import Document, parse, parse_file
 from parnasc.spec import Spec, resolve
 
 
-def compile_source(text: str, file: str = "<input>") -> tuple[Spec, IR]:
-    """Compile .pnas text; raises PnasError (with the source attached) on any user error."""
-    doc = parse(text, file)
+def compile_document(doc: Document) -> tuple[Spec, IR]:
+    """Resolve and lower a parsed document; PnasError carries the source for its carets."""
     try:
-        spec = resolve(doc)
-        ir = passes.run(build(spec))
+        with gc_paused():
+            spec = resolve(doc)
+            ir = passes.run(build(spec))
     except PnasError as exc:
-        exc.source = text
+        exc.source = doc.source
         raise
     return spec, ir
 
 
+def compile_source(text: str, file: str = "<input>") -> tuple[Spec, IR]:
+    """Compile .pnas text; raises PnasError on any user error."""
+    with gc_paused():
+        doc = parse(text, file)
+    return compile_document(doc)
+
+
 def compile_file(path: str | Path) -> tuple[Spec, IR]:
-    doc = parse_file(path)
-    return compile_source(doc.source, str(path))
+    """Read and compile a .pnas file."""
+    with gc_paused():
+        doc = parse_file(path)
+    return compile_document(doc)

@@ -61,6 +61,7 @@ class Candidate(BaseModel):
     params: dict[str, Any]
     label: str
     cost: Cost = Cost()
+    span: Span | None = None
 
 
 class Node(BaseModel):
@@ -218,7 +219,10 @@ class IR:
 def _candidate(o: OpSpec, in_level: bool = False) -> Candidate:
     hidden = ("out", "stride") if in_level else ()
     return Candidate(
-        kind=o.kind, params=dict(o.params), label=ops.canonical(o.kind, o.params, hidden)
+        kind=o.kind,
+        params=dict(o.params),
+        label=ops.canonical(o.kind, o.params, hidden),
+        span=o.span,
     )
 
 

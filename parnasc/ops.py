@@ -10,6 +10,7 @@ counts its comparisons (max) or additions (average) as additions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -88,7 +89,11 @@ class OpKind:
     onnx: bool = True  # exports to plain ONNX ops
 
     def param(self, name: str) -> Param | None:
-        return next((p for p in self.params if p.name == name), None)
+        return self._by_name.get(name)
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, Param]:
+        return {p.name: p for p in self.params}
 
 
 REGISTRY: dict[str, OpKind] = {}
@@ -240,18 +245,30 @@ def _pool_build(i: Shape, o: Shape, p: Params, avg: bool) -> nn.Module:
     return nn.MaxPool2d(k, s, k // 2)
 
 
-for _avg, _name in ((False, "maxpool"), (True, "avgpool")):
-    register(
-        OpKind(
-            _name,
-            f"k x k {'average' if _avg else 'max'} pooling (channels unchanged)",
-            (_K, _OUT, _STRIDE),
-            frozenset({"stem", "level"}),
-            lambda s, p, n=_name: _same_channels(s, p, n),
-            lambda i, o, p, a=_avg: _pool_cost(i, o, p, a),
-            lambda i, o, p, a=_avg: _pool_build(i, o, p, a),
-        )
+def _pool_kind(name: str, avg: bool) -> OpKind:
+    def shape(s: Shape, p: Params) -> Shape:
+        return _same_channels(s, p, name)
+
+    def cost(i: Shape, o: Shape, p: Params) -> Cost:
+        return _pool_cost(i, o, p, avg)
+
+    def build(i: Shape, o: Shape, p: Params) -> nn.Module:
+        return _pool_build(i, o, p, avg)
+
+    what = "average" if avg else "max"
+    return OpKind(
+        name,
+        f"k x k {what} pooling (channels unchanged)",
+        (_K, _OUT, _STRIDE),
+        frozenset({"stem", "level"}),
+        shape,
+        cost,
+        build,
     )
+
+
+register(_pool_kind("maxpool", avg=False))
+register(_pool_kind("avgpool", avg=True))
 
 
 def _skip_shape(shape: Shape, p: Params) -> Shape:

@@ -58,7 +58,7 @@ class Settings:
 
     @classmethod
     def from_spec(cls, s: SearchSpec, cores: int, **overrides: Any) -> Settings:
-        base = {
+        base: dict[str, Any] = {
             "alpha": s.alpha,
             "beta": s.beta,
             "cost": s.cost,
@@ -257,7 +257,7 @@ def search(
             report(
                 "epoch-end", epoch, len(train), {**row, "arch": probs_now, "labels": net.choices}
             )
-    choices, probs = derive(net, ir, spec.target.memory)
+    choices, final_probs = derive(net, ir, spec.target.memory)
     concrete_ir = prune(ir, choices)
     concrete = lower(concrete_ir)
     transfer_weights(concrete, net, choices)
@@ -265,12 +265,12 @@ def search(
     atomic_save({"net": net.state_dict(), "meta": meta}, run_dir / "supernet.pt")
     from parnasc.concrete import concrete_spec_text
 
-    text = concrete_spec_text(concrete_ir, spec, probs, asdict(settings))
+    text = concrete_spec_text(concrete_ir, spec, final_probs, asdict(settings))
     atomic_text(run_dir / "derived.pnas", text)
     summary = {
         **meta,
         "choices": choices,
-        "probabilities": probs,
+        "probabilities": final_probs,
         "val_acc": evaluate(net, iter(val)),
         "cost": costs.cost_of(choices, net),
         "cost_kind": costs.kind,

@@ -124,7 +124,7 @@ class Meter:
         return out
 
 
-Report = Callable[[str, int, int, dict[str, float]], None]  # (phase, epoch, batch, values)
+Report = Callable[[str, int, int, dict[str, Any]], None]  # (phase, epoch, batch, values)
 
 
 def retrain(

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from parnasc import ops
-from parnasc.errors import Collector
+from parnasc.errors import Collector, Span
 from parnasc.ir import IR, Node
 from parnasc.ops import Shape, ShapeError
+
+
+class _CandidateError(ShapeError):
+    def __init__(self, message: str, span: Span | None) -> None:
+        super().__init__(message)
+        self.span = span
 
 
 def _fmt(s: Shape) -> str:
@@ -25,6 +31,11 @@ def infer_shapes(ir: IR) -> IR:
         n.in_shapes = [s for s in ins if s is not None]
         try:
             n.out_shape = _out_shape(n, ir)
+        except _CandidateError as exc:
+            # Paths sharing a level-wide `ops` list share its spans: one message, not P.
+            where = f"level '{n.level}': " if n.kind == "block" else ""
+            err.error(where + str(exc), exc.span or n.span)
+            failed.add(n.id)
         except ShapeError as exc:
             where = f"level '{n.level}' path {n.path}: " if n.kind == "block" else ""
             err.error(where + str(exc), n.span)
@@ -44,7 +55,7 @@ def _out_shape(n: Node, ir: IR) -> Shape:
             try:
                 outs.append(ops.REGISTRY[c.kind].shape(n.in_shapes[0], c.params))
             except ShapeError as exc:
-                raise ShapeError(f"{c.label}: {exc}") from None
+                raise _CandidateError(str(exc), c.span) from None
         if len(set(outs)) > 1:
             detail = ", ".join(
                 f"{c.label} -> {_fmt(o)}" for c, o in zip(n.candidates, outs, strict=True)
