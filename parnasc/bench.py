@@ -1,0 +1,287 @@
+"""Latency benchmark of a compiled model directory against baseline engines (batch 1).
+
+Engines (names are stable, ``parnasc bench`` prints them):
+
+* ``ort-sequential``: whole model, ``intra_op_num_threads=1``
+* ``ort-intra``: whole model, ``intra_op_num_threads=cores``
+* ``ort-parallel-partition``: ``ORT_PARALLEL`` + ``ort_partition.json`` (one stream per path),
+  intra 1, ``inter_op_num_threads=cores+1`` with inter-op spinning off.  In ORT 1.32 the calling
+  thread only busy-waits for the streams (``StreamExecutionContext::WaitAll``), so with
+  ``inter_op_num_threads=cores`` every node runs on one pool thread (no parallelism, measured
+  ~= sequential), and with ``cores+1`` plus spinning three threads fight for two CPUs
+  (~8 ms per run); ``cores+1`` without spinning is its best working setting here.
+* ``torch``: the eager module (if given), ``torch.set_num_threads(cores)``
+* ``parnasc``: :class:`parnasc.runtime.Runtime` following ``schedule.json``
+
+The machine may be shared, so timing is done in chunks, each after waiting (bounded) for the
+other CPUs to go quiet, and engines are interleaved round-robin; every engine gets the same
+treatment.  Statistics are over all timed runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+ENGINES = ("ort-sequential", "ort-intra", "ort-parallel-partition", "torch", "parnasc")
+RTOL = 1e-4
+ATOL = 1e-5
+
+
+def _cpu_times() -> tuple[int, int]:
+    with open("/proc/stat", encoding="ascii") as fh:
+        vals = [int(v) for v in fh.readline().split()[1:]]
+    return vals[3] + vals[4], sum(vals)
+
+
+def system_busy(window_s: float = 0.03) -> float:
+    """Fraction of all CPUs busy during ``window_s`` (0..1); 0 where /proc is unavailable."""
+    try:
+        i0, t0 = _cpu_times()
+        time.sleep(window_s)
+        i1, t1 = _cpu_times()
+    except OSError:
+        return 0.0
+    return 1.0 - (i1 - i0) / max(t1 - t0, 1)
+
+
+def wait_quiet(threshold: float = 0.15, timeout_s: float = 3.0) -> float:
+    """Wait until the machine is mostly idle (or ``timeout_s``); return the last busy level."""
+    end = time.monotonic() + timeout_s
+    busy = system_busy()
+    while busy > threshold and time.monotonic() < end:
+        busy = system_busy()
+    return busy
+
+
+def _stats(samples: list[float]) -> dict[str, float]:
+    a = np.asarray(samples) * 1e3
+    return {
+        "median_ms": float(np.median(a)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+        "min_ms": float(a.min()),
+    }
+
+
+def time_callable(
+    fn: Callable[[], object],
+    reps: int,
+    warmup: int = 20,
+    chunk: int = 50,
+    quiet: bool = True,
+    quiet_timeout_s: float = 3.0,
+) -> dict[str, float]:
+    """Time ``reps`` calls of ``fn`` after ``warmup`` calls.
+
+    Returns ms statistics plus ``other_load`` (mean CPU busy fraction seen before the chunks,
+    -1 when not checked).
+    """
+    for _ in range(warmup):
+        fn()
+    samples, busy = _raw_samples(fn, reps, chunk, quiet, quiet_timeout_s)
+    return {**_stats(samples), "other_load": float(np.mean(busy)) if busy else -1.0}
+
+
+def _raw_samples(
+    fn: Callable[[], object],
+    n: int,
+    chunk: int = 50,
+    quiet: bool = True,
+    quiet_timeout_s: float = 3.0,
+) -> tuple[list[float], list[float]]:
+    """``n`` timings (s) in chunks, each after a bounded wait for a quiet machine.
+
+    Also returns the busy level seen before each chunk (other processes' load).
+    """
+    out: list[float] = []
+    busy: list[float] = []
+    while len(out) < n:
+        if quiet:
+            busy.append(wait_quiet(timeout_s=quiet_timeout_s))
+            for _ in range(10):  # re-warm caches and thread pools after the wait
+                fn()
+        for _ in range(min(chunk, n - len(out))):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return out, busy
+
+
+@contextlib.contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """Silence fd 1 (ORT's parallel planner prints buffer-reuse notes with std::cout)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _ort_session(path: Path, **opts: Any) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(opts.get("intra", 1))
+    so.inter_op_num_threads = int(opts.get("inter", 1))
+    so.execution_mode = opts.get("mode", ort.ExecutionMode.ORT_SEQUENTIAL)
+    so.log_severity_level = 3
+    for k, v in opts.get("config", {}).items():
+        so.add_session_config_entry(k, v)
+    with _stdout_silenced():
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _engines(
+    model_dir: Path, cores: int, torch_module: Any | None
+) -> dict[str, tuple[int, Callable[[np.ndarray], np.ndarray], Callable[[], None]]]:
+    """name -> (threads, run(x) -> y, close())."""
+    from parnasc.runtime import Runtime
+
+    model = model_dir / "model.onnx"
+    out: dict[str, tuple[int, Callable[[np.ndarray], np.ndarray], Callable[[], None]]] = {}
+
+    def ort_engine(sess: ort.InferenceSession) -> Callable[[np.ndarray], np.ndarray]:
+        name = sess.get_inputs()[0].name
+        return lambda x: sess.run(None, {name: x})[0]
+
+    s1 = _ort_session(model, intra=1)
+    out["ort-sequential"] = (1, ort_engine(s1), lambda: None)
+    s2 = _ort_session(model, intra=cores)
+    out["ort-intra"] = (cores, ort_engine(s2), lambda: None)
+    part = model_dir / "ort_partition.json"
+    if part.exists():
+        s3 = _ort_session(
+            model,
+            intra=1,
+            inter=cores + 1,
+            mode=ort.ExecutionMode.ORT_PARALLEL,
+            config={
+                "session.node_partition_config_file": str(part),
+                "session.inter_op.allow_spinning": "0",
+            },
+        )
+        out["ort-parallel-partition"] = (cores, ort_engine(s3), lambda: None)
+    if torch_module is not None:
+        import torch
+
+        mod = torch_module.eval()
+        torch.set_num_threads(cores)  # process-wide; set once, not inside the timed call
+
+        def run_torch(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return mod(torch.from_numpy(x)).numpy()
+
+        out["torch"] = (cores, run_torch, lambda: None)
+    rt = Runtime(model_dir, cores)
+    out["parnasc"] = (cores, rt.run, rt.close)
+    return out
+
+
+def benchmark(
+    model_dir: Path,
+    cores: int,
+    reps: int,
+    torch_module: Any | None = None,
+    rounds: int | None = None,
+    seed: int = 0,
+    quiet: bool = True,
+    warmup: int = 20,
+) -> list[dict[str, Any]]:
+    """Benchmark all engines on ``model_dir`` at batch 1; one row per engine.
+
+    ``reps`` timed runs per engine after ``warmup``, in ``rounds`` interleaved chunks
+    (default: chunks of ~25 runs), each chunk after a bounded wait for a quiet machine.
+
+    Row keys: ``engine, threads, median_ms, p90_ms, p99_ms, mean_ms, min_ms, reps,
+    max_abs_err, matches, other_load`` (``matches``: output equal to ``ort-sequential``
+    within rtol=1e-4, atol=1e-5; ``other_load``: mean CPU busy fraction seen right before the
+    timed chunks, i.e. load from other processes), plus ``plan`` for ``parnasc``.
+    """
+    model_dir = Path(model_dir)
+    sched = json.loads((model_dir / "schedule.json").read_text(encoding="utf-8"))
+    shape = [1, *sched["input_shape"]]
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    engines = _engines(model_dir, cores, torch_module)
+    try:
+        ref = engines["ort-sequential"][1](x)
+        samples: dict[str, list[float]] = {k: [] for k in engines}
+        busy_seen: dict[str, list[float]] = {k: [] for k in engines}
+        errs: dict[str, float] = {}
+        ok: dict[str, bool] = {}
+        for name, (_, fn, _) in engines.items():
+            y = fn(x)
+            errs[name] = float(np.max(np.abs(y - ref)))
+            ok[name] = y.shape == ref.shape and bool(np.allclose(y, ref, rtol=RTOL, atol=ATOL))
+            for _ in range(warmup):
+                fn(x)
+        # Short interleaved chunks: a burst of outside load hits every engine alike.
+        n_rounds = rounds if rounds is not None else max(4, -(-reps // 25))
+        per_round = max(1, -(-reps // n_rounds))
+        names = list(engines)
+        for rnd in range(n_rounds):
+            # rotate the order so that no engine always follows the same one (torch's
+            # OpenMP threads, for one, measurably slow whatever runs right after them)
+            order = names[rnd % len(names):] + names[: rnd % len(names)]
+            for name in order:
+                fn = engines[name][1]
+                need = min(per_round, reps - len(samples[name]))
+                if need <= 0:
+                    continue
+                st, busy = _raw_samples(lambda f=fn: f(x), need, quiet=quiet)  # type: ignore[misc]
+                samples[name].extend(st)
+                busy_seen[name].extend(busy)
+    finally:
+        for _, _, close in engines.values():
+            close()
+    rows = []
+    for name in ENGINES:
+        if name not in engines:
+            continue
+        row: dict[str, Any] = {
+            "engine": name,
+            "threads": engines[name][0],
+            **_stats(samples[name]),
+            "reps": len(samples[name]),
+            "max_abs_err": errs[name],
+            "matches": ok[name],
+            "other_load": float(np.mean(busy_seen[name])) if busy_seen[name] else None,
+        }
+        if name == "parnasc":
+            row["plan"] = sched["plan"]
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Plain-text table with ratios against each baseline."""
+    by = {r["engine"]: r for r in rows}
+    lines = [
+        f"{'engine':24s} {'thr':>3s} {'median':>8s} {'p90':>8s} {'p99':>8s}  {'ok':>3s} "
+        f"{'load':>5s}   (ms; load = other CPU load seen before chunks)",
+    ]
+    for r in rows:
+        load = r.get("other_load")
+        lines.append(
+            f"{r['engine']:24s} {r['threads']:3d} {r['median_ms']:8.3f} {r['p90_ms']:8.3f} "
+            f"{r['p99_ms']:8.3f}  {'yes' if r['matches'] else 'NO':>3s} "
+            f"{'-' if load is None else f'{load:.2f}':>5s}"
+        )
+    if "parnasc" in by:
+        p = by["parnasc"]["median_ms"]
+        for name in ENGINES[:-1]:
+            if name in by:
+                lines.append(f"speedup parnasc vs {name:24s} {by[name]['median_ms'] / p:5.2f}x")
+    return "\n".join(lines)

@@ -1,0 +1,290 @@
+"""Run a ``parnasc.schedule/1`` plan: one lane per core, single-threaded ORT sessions.
+
+Lane 0 is the calling thread (pinned to the first allowed CPU for the duration of
+:meth:`Runtime.run` when the plan has parallel phases); lanes 1.. are persistent daemon
+threads, each pinned to its own CPU.  Per phase every lane runs its segments; a phase with
+more than one lane ends with a barrier.  Handoff is a ``queue.SimpleQueue`` pair per worker:
+its blocking ``get`` waits in C with the GIL released, and ONNX Runtime releases the GIL
+inside ``InferenceSession.run``, so lanes really run concurrently.  Work for workers is
+submitted before lane 0 starts its own segment, so lane 0 never waits for a wake-up first.
+
+Session options are always explicit: ``intra_op_num_threads`` = the segment's ``threads``
+(1 for stream segments), ``inter_op_num_threads=1``, ``ORT_SEQUENTIAL``, helper threads of
+multi-threaded segments pinned to lanes 1..threads-1 (``session.intra_op_thread_affinities``).
+Intra-op spinning is disabled when a plan mixes intra-op and stream phases, so an idle
+spinning ORT helper cannot steal the CPU of a worker lane.
+
+Which plan runs is decided by :func:`parnasc.emit.build_schedule` by measurement on the target.
+Measured on a 2-vCPU AMD EPYC VM (ORT 1.32): a streams phase costs ~38 us over its longest
+segment (queue handoff + GIL re-acquisition + barrier; ``run_async`` on a pinned ORT pool
+thread was ~100 us), extra session boundaries cost NCHWc reorders, and ORT's intra-op pool
+already reaches 1.78x on two cores for the 128x128 reference model, so fused plans win there;
+the fused path is a single ``InferenceSession.run`` call with no added synchronisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from parnasc.emit import SCHEDULE_SCHEMA
+
+__all__ = ["Runtime", "measure_phases", "session_options"]
+
+
+def _cpus(cores: int | None) -> list[int]:
+    allowed = sorted(os.sched_getaffinity(0))
+    n = len(allowed) if cores is None else cores
+    if n < 1:
+        raise ValueError("cores must be >= 1")
+    # More lanes than CPUs is allowed (lanes then share CPUs round-robin).
+    return [allowed[i % len(allowed)] for i in range(n)]
+
+
+def session_options(threads: int, cpus: Sequence[int], spinning: bool = True) -> ort.SessionOptions:
+    """Explicit ORT options: ``threads`` intra-op threads, helpers pinned to ``cpus[1:threads]``."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if threads > 1 and len(cpus) >= threads:
+        # ORT's affinity string uses 1-based logical processor ids, one entry per helper.
+        aff = ";".join(str(c + 1) for c in cpus[1:threads])
+        so.add_session_config_entry("session.intra_op_thread_affinities", aff)
+    return so
+
+
+class _Seg:
+    __slots__ = ("inputs", "lane", "outputs", "sess")
+
+    def __init__(self, sess: ort.InferenceSession, lane: int) -> None:
+        self.sess = sess
+        self.lane = lane
+        self.inputs = [i.name for i in sess.get_inputs()]
+        self.outputs = [o.name for o in sess.get_outputs()]
+
+
+class _Worker:
+    """A persistent thread pinned to one CPU, running ``(segment, feeds)`` jobs."""
+
+    def __init__(self, cpu: int, name: str) -> None:
+        self.cpu = cpu
+        self.jobs: queue.SimpleQueue[tuple[_Seg, dict[str, np.ndarray]] | None] = (
+            queue.SimpleQueue()
+        )
+        self.done: queue.SimpleQueue[list[Any] | BaseException] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        with contextlib.suppress(OSError):  # restricted cpuset: run unpinned
+            os.sched_setaffinity(0, {self.cpu})
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            seg, feeds = job
+            try:
+                self.done.put(seg.sess.run(seg.outputs, feeds))
+            except BaseException as exc:
+                self.done.put(exc)
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout=5)
+
+
+class _Executor:
+    """Phases of segments over lanes; the core of :class:`Runtime` and of the autotuner."""
+
+    def __init__(self, phases: list[list[_Seg]], cpus: list[int], input_name: str,
+                 output_name: str) -> None:
+        self.phases = phases
+        self.cpus = cpus
+        self.input_name = input_name
+        self.output_name = output_name
+        lanes = {s.lane for ph in phases for s in ph}
+        self.workers = {ln: _Worker(cpus[ln], f"parnasc-lane{ln}") for ln in sorted(lanes) if ln}
+        self.single = phases[0][0] if len(phases) == 1 and len(phases[0]) == 1 else None
+        self.pin = bool(self.workers)
+        self.lock = threading.Lock()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        if self.single is not None and self.single.lane == 0:
+            # Fused plan: exactly one ORT call, no Python overhead beyond it.
+            return self.single.sess.run(self.single.outputs, {self.input_name: x})[0]
+        with self.lock:  # lanes and their queues serve one run at a time
+            saved: set[int] | None = None
+            if self.pin:
+                saved = os.sched_getaffinity(0)
+                os.sched_setaffinity(0, {self.cpus[0]})
+            try:
+                return self._run(x)
+            finally:
+                if saved is not None:
+                    os.sched_setaffinity(0, saved)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        vals: dict[str, np.ndarray] = {self.input_name: x}
+        for ph in self.phases:
+            pending: list[tuple[_Seg, _Worker]] = []
+            mine: list[_Seg] = []
+            for seg in ph:
+                if seg.lane == 0:
+                    mine.append(seg)
+                else:
+                    w = self.workers[seg.lane]
+                    w.jobs.put((seg, {n: vals[n] for n in seg.inputs}))
+                    pending.append((seg, w))
+            error: BaseException | None = None
+            try:
+                for seg in mine:
+                    outs = seg.sess.run(seg.outputs, {n: vals[n] for n in seg.inputs})
+                    vals.update(zip(seg.outputs, outs, strict=True))
+            except BaseException as exc:
+                error = exc
+            for seg, w in pending:  # barrier; always drained so no result is left behind
+                res = w.done.get()
+                if isinstance(res, BaseException):
+                    error = error or res
+                else:
+                    vals.update(zip(seg.outputs, res, strict=True))
+            if error is not None:
+                raise error
+        return vals[self.output_name]
+
+    def close(self) -> None:
+        for w in self.workers.values():
+            w.stop()
+        self.workers.clear()
+        self.phases = []
+        self.single = None
+
+
+def _build_executor(
+    phases: Sequence[Sequence[tuple[onnx.ModelProto | Path, int, int]]],
+    cpus: list[int],
+    input_name: str,
+    output_name: str,
+) -> _Executor:
+    mixed = any(len(ph) > 1 for ph in phases) and any(t > 1 for ph in phases for _, _, t in ph)
+    n_lanes = len(cpus)
+    built: list[list[_Seg]] = []
+    for ph in phases:
+        segs = []
+        for model, lane, threads in ph:
+            so = session_options(min(threads, n_lanes), cpus, spinning=not mixed)
+            src = str(model) if isinstance(model, Path) else model.SerializeToString()
+            sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+            segs.append(_Seg(sess, lane % n_lanes))
+        built.append(segs)
+    return _Executor(built, cpus, input_name, output_name)
+
+
+def measure_phases(
+    phases: Sequence[Sequence[tuple[onnx.ModelProto, int, int]]],
+    cores: int,
+    reps: int = 200,
+    quiet: bool = True,
+) -> dict[str, float]:
+    """Time one run of ``phases`` ((segment model, lane, threads) per segment) on batch 1.
+
+    Returns :func:`parnasc.bench.time_callable` statistics (ms); used by the autotuner.
+    """
+    from parnasc.bench import time_callable
+
+    rng = np.random.default_rng(0)
+    cpus = _cpus(cores)
+    if len(phases) == 1 and len(phases[0]) == 1:
+        # One isolated segment: feed random tensors of its own input shapes.
+        model, _, threads = phases[0][0]
+        so = session_options(min(threads, len(cpus)), cpus)
+        sess = ort.InferenceSession(model.SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"])
+        feeds = {
+            i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape])
+            .astype(np.float32)
+            for i in sess.get_inputs()
+        }
+        outs = [o.name for o in sess.get_outputs()]
+        stats = time_callable(lambda: sess.run(outs, feeds), reps, quiet=quiet, quiet_timeout_s=1.0)
+        del sess
+        return stats
+    first = phases[0][0][0].graph.input[0]
+    dims = [d.dim_value if d.dim_value > 0 else 1 for d in first.type.tensor_type.shape.dim]
+    x = rng.standard_normal(dims).astype(np.float32)
+    last = phases[-1][-1][0]
+    ex = _build_executor(phases, cpus, first.name, last.graph.output[0].name)
+    try:
+        stats = time_callable(lambda: ex.run(x), reps, quiet=quiet, quiet_timeout_s=1.0)
+    finally:
+        ex.close()
+    return stats
+
+
+class Runtime:
+    """Execute a compiled model directory (``schedule.json`` + ``segments/``).
+
+    ``cores`` defaults to the schedule's core count; with fewer cores, lanes wrap around.
+    """
+
+    def __init__(self, model_dir: Path, cores: int | None = None) -> None:
+        model_dir = Path(model_dir)
+        sched = json.loads((model_dir / "schedule.json").read_text(encoding="utf-8"))
+        if sched.get("schema") != SCHEDULE_SCHEMA:
+            raise ValueError(f"unsupported schedule schema {sched.get('schema')!r}")
+        self.schedule: dict[str, Any] = sched
+        n = int(cores if cores is not None else sched["cores"])
+        self.cpus = _cpus(n)
+        by_id = {s["id"]: s for s in sched["segments"]}
+        phases = [
+            [
+                (model_dir / by_id[i]["file"], int(by_id[i]["core"]), int(by_id[i]["threads"]))
+                for i in ph["segments"]
+            ]
+            for ph in sched["phases"]
+        ]
+        self._ex: _Executor | None = _build_executor(
+            phases, self.cpus, sched["input"], sched["output"]
+        )
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Run one batch (NCHW float32) and return the model output."""
+        if self._ex is None:
+            raise RuntimeError("Runtime is closed")
+        return self._ex.run(np.ascontiguousarray(x, dtype=np.float32))
+
+    def close(self) -> None:
+        """Stop the worker threads and release the sessions (idempotent)."""
+        if self._ex is not None:
+            self._ex.close()
+            self._ex = None
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown
+            self.close()

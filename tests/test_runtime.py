@@ -1,0 +1,466 @@
+"""Tests for ONNX emission, the per-core schedule and the multi-core runtime.
+
+``make_test_net`` is a faithful stand-in for the concrete model the lowering produces (same
+attribute names and forward); swap it for the real lowering once it exists.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from parnasc.emit import (
+    SCHEDULE_SCHEMA,
+    PlanChoice,
+    build_schedule,
+    compile_model_dir,
+    export_onnx,
+    read_structure,
+    scope_of,
+)
+from parnasc.runtime import Runtime
+
+RTOL, ATOL = 1e-4, 1e-5
+
+# --------------------------------------------------------------------------------------------
+# stand-in for the lowering's concrete model
+# --------------------------------------------------------------------------------------------
+
+
+def _conv_bn_relu(ci: int, co: int, k: int, s: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(ci, co, k, s, k // 2, bias=False), nn.BatchNorm2d(co), nn.ReLU()
+    )
+
+
+def _sepconv(ci: int, co: int, k: int, s: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(ci, ci, k, s, k // 2, groups=ci, bias=False),
+        nn.BatchNorm2d(ci),
+        nn.Conv2d(ci, co, 1, bias=False),
+        nn.BatchNorm2d(co),
+        nn.ReLU(),
+    )
+
+
+def _make_op(op: str, ci: int, co: int, s: int) -> nn.Module:
+    if op == "conv3x3":
+        return _conv_bn_relu(ci, co, 3, s)
+    if op == "conv5x5":
+        return _conv_bn_relu(ci, co, 5, s)
+    if op == "sep5x5":
+        return _sepconv(ci, co, 5, s)
+    if op == "maxpool3x3":
+        assert ci == co
+        return nn.MaxPool2d(3, s, 1)
+    if op == "identity":
+        assert ci == co and s == 1
+        return nn.Identity()
+    raise ValueError(op)
+
+
+class Combine(nn.Module):
+    """Combine path tensors: ``sum`` or ``concat`` + 1x1 conv back to ``channels``."""
+
+    def __init__(self, kind: str, channels: int, paths: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.proj = _conv_bn_relu(channels * paths, channels, 1, 1) if kind == "concat" else None
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        if self.proj is None:
+            y = xs[0]
+            for t in xs[1:]:
+                y = y + t
+            return y
+        return self.proj(torch.cat(xs, 1))
+
+
+class Net(nn.Module):
+    """Concrete multi-path CNN with the lowering's structure (see parnasc.emit)."""
+
+    def __init__(
+        self,
+        stem: nn.Module,
+        stem_channels: int,
+        ops: list[list[str]],
+        channels: list[int],
+        strides: list[int],
+        syncs: dict[int, str],
+        merge: str = "concat",
+        classes: int = 10,
+    ) -> None:
+        super().__init__()
+        self.stem = stem
+        self.n_paths = len(ops)
+        self.levels = [f"l{i + 1}" for i in range(len(channels))]
+        self.paths = nn.ModuleDict()
+        for p, path_ops in enumerate(ops, start=1):
+            blocks = nn.ModuleDict()
+            ci = stem_channels
+            for i, lvl in enumerate(self.levels):
+                blocks[lvl] = _make_op(path_ops[i], ci, channels[i], strides[i])
+                ci = channels[i]
+            self.paths[f"p{p}"] = blocks
+        self.syncs = nn.ModuleDict(
+            {f"l{i}": Combine(kind, channels[i - 1], self.n_paths) for i, kind in syncs.items()}
+        )
+        self.merge = Combine(merge, channels[-1], self.n_paths)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(channels[-1], 128),
+            nn.ReLU(),
+            nn.Dropout(0.2),
+            nn.Linear(128, classes),
+        )
+
+    def _block(self, p: int, lvl: str) -> nn.Module:
+        blocks = self.paths[f"p{p}"]
+        assert isinstance(blocks, nn.ModuleDict)
+        return blocks[lvl]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        outs = [x] * self.n_paths
+        for lvl in self.levels:
+            outs = [self._block(p, lvl)(outs[p - 1]) for p in range(1, self.n_paths + 1)]
+            if lvl in self.syncs:
+                s = self.syncs[lvl](outs)
+                outs = [s] * self.n_paths
+        return self.head(self.merge(outs))
+
+
+def make_test_net(name: str = "cifar", seed: int = 0) -> tuple[nn.Module, tuple[int, int, int]]:
+    """Reference models: ``cifar`` (3x32x32), ``camera`` (3x128x128), ``tiny3`` (3 paths, sum).
+
+    BatchNorm statistics are randomized so that folding is actually exercised.
+    """
+    torch.manual_seed(seed)
+    if name == "cifar":
+        net = Net(
+            _conv_bn_relu(3, 8, 5, 1), 8,
+            [["conv3x3"] * 4, ["conv5x5"] * 4],
+            [8, 16, 32, 64], [1, 2, 2, 2], {2: "concat", 4: "concat"},
+        )
+        shape = (3, 32, 32)
+    elif name == "camera":
+        net = Net(
+            _conv_bn_relu(3, 16, 3, 2), 16,
+            [
+                ["conv3x3", "sep5x5", "conv3x3", "sep5x5", "conv3x3"],
+                ["sep5x5", "conv3x3", "sep5x5", "conv3x3", "sep5x5"],
+            ],
+            [16, 32, 32, 64, 64], [1, 2, 1, 2, 2], {2: "concat", 5: "concat"},
+        )
+        shape = (3, 128, 128)
+    elif name == "tiny3":
+        net = Net(
+            _conv_bn_relu(3, 8, 3, 1), 8,
+            [["conv3x3", "identity", "sep5x5"], ["sep5x5", "maxpool3x3", "conv3x3"],
+             ["conv5x5", "conv3x3", "identity"]],
+            [8, 8, 8], [2, 1, 1], {2: "sum"}, merge="sum", classes=5,
+        )
+        shape = (3, 16, 16)
+    else:
+        raise ValueError(name)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return net.eval(), shape
+
+
+# --------------------------------------------------------------------------------------------
+# fixtures
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path, onnx.ModelProto]:
+    net, shape = make_test_net("cifar")
+    d = tmp_path_factory.mktemp("cifar")
+    model = export_onnx(net, shape, d / "model.onnx", {"parnasc.spec": "cifar-test"})
+    return net, d, model
+
+
+def _torch_out(net: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return net(torch.from_numpy(x)).numpy()
+
+
+def _ort_out(path: Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": x})[0]
+
+
+def _x(batch: int, shape: tuple[int, ...], seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, *shape)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# emit
+# --------------------------------------------------------------------------------------------
+
+
+def test_export_is_clean(cifar: tuple[nn.Module, Path, onnx.ModelProto]) -> None:
+    _, d, model = cifar
+    onnx.checker.check_model(onnx.load(str(d / "model.onnx")), full_check=True)
+    assert model.opset_import[0].version >= 17
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["Conv"] > 0 and ops["Relu"] > 0 and ops["Concat"] > 0
+    assert ops["GlobalAveragePool"] + ops["ReduceMean"] == 1
+    assert ops["Gemm"] + ops["MatMul"] == 2
+    assert not {"BatchNormalization", "Cast", "Identity"} & set(ops)
+    assert not list(d.glob(".*.tmp")), "atomic write left a temp file"
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["parnasc.spec"] == "cifar-test"
+    st = read_structure(model)
+    assert st["paths"] == 2 and st["levels"] == ["l1", "l2", "l3", "l4"]
+    assert st["syncs"] == {"l2": "concat", "l4": "concat"} and st["merge"] == "concat"
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [3, 32, 32]
+
+
+def test_node_names_tell_path_level_sync(cifar: tuple[nn.Module, Path, onnx.ModelProto]) -> None:
+    _, _, model = cifar
+    scopes = Counter(scope_of(n.name) for n in model.graph.node)
+    assert set(scopes) == {
+        "stem", "merge", "head", "syncs.l2", "syncs.l4",
+        *(f"paths.p{p}.l{i}" for p in (1, 2) for i in (1, 2, 3, 4)),
+    }
+    names = [n.name for n in model.graph.node]
+    assert len(names) == len(set(names))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    ks = {scope_of(n.name): next(a.ints[0] for a in n.attribute if a.name == "kernel_shape")
+          for n in convs}
+    assert ks["paths.p1.l3"] == 3 and ks["paths.p2.l3"] == 5
+    assert any(n.op_type == "Concat" and scope_of(n.name) == "syncs.l2" for n in model.graph.node)
+
+
+def test_export_dynamic_batch_matches_torch(
+    cifar: tuple[nn.Module, Path, onnx.ModelProto],
+) -> None:
+    net, d, _ = cifar
+    x = _x(3, (3, 32, 32))
+    y = _ort_out(d / "model.onnx", x)
+    assert y.shape == (3, 10)
+    np.testing.assert_allclose(y, _torch_out(net, x), rtol=RTOL, atol=ATOL)
+
+
+def test_export_other_ops_and_sum_combine(tmp_path: Path) -> None:
+    net, shape = make_test_net("tiny3")
+    model = export_onnx(net, shape, tmp_path / "model.onnx", {})
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["MaxPool"] == 1 and ops["Add"] >= 4 and "BatchNormalization" not in ops
+    x = _x(2, shape)
+    np.testing.assert_allclose(
+        _ort_out(tmp_path / "model.onnx", x), _torch_out(net, x), rtol=RTOL, atol=ATOL
+    )
+
+
+def test_export_rejects_foreign_forward(tmp_path: Path) -> None:
+    net, shape = make_test_net("cifar")
+
+    class Other(Net):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) * 2.0
+
+    other = Other.__new__(Other)
+    other.__dict__ = net.__dict__
+    with pytest.raises(ValueError, match="wiring"):
+        export_onnx(other, shape, tmp_path / "m.onnx", {})
+
+
+# --------------------------------------------------------------------------------------------
+# schedule
+# --------------------------------------------------------------------------------------------
+
+
+def _check_schedule(sched: dict, model: onnx.ModelProto, cores: int) -> None:
+    assert sched["schema"] == SCHEDULE_SCHEMA
+    assert sched["cores"] == cores and sched["paths"] == read_structure(model)["paths"]
+    segs = {s["id"]: s for s in sched["segments"]}
+    # every model node runs in exactly one segment
+    ran = Counter(n for s in sched["segments"] for n in s["nodes"])
+    assert ran == Counter(n.name for n in model.graph.node)
+    assert [p["index"] for p in sched["phases"]] == list(range(len(sched["phases"])))
+    for ph in sched["phases"]:
+        cores_used = [segs[i]["core"] for i in ph["segments"]]
+        assert len(cores_used) == len(set(cores_used)), "two segments on one core in a phase"
+        if len(ph["segments"]) > 1:
+            b = ph["barrier"]
+            assert ph["strategy"] == "streams" and b["wait_for"] == ph["segments"]
+            assert b["tensors"] and b["combine"]["core"] == 0
+        for i in ph["segments"]:
+            assert segs[i]["phase"] == ph["index"]
+            assert ("measured_us" in segs[i]) or ("estimated_us" in segs[i])
+    assert len(sched["per_core"]) == cores
+    assert set(sched["critical_path"]["segments"]) <= set(segs)
+    assert sched["critical_path"]["time_us"] > 0
+    assert {c["plan"] for c in sched["candidates"]} >= {sched["plan"]}
+    json.dumps(sched)
+
+
+def test_schedule_schema_and_files(cifar: tuple[nn.Module, Path, onnx.ModelProto]) -> None:
+    _, d, model = cifar
+    sched = build_schedule(model, 2, 2, out_dir=d, measure=False)
+    _check_schedule(sched, model, 2)
+    on_disk = json.loads((d / "schedule.json").read_text())
+    assert on_disk == json.loads(json.dumps(sched))
+    for s in sched["segments"]:
+        onnx.checker.check_model(onnx.load(str(d / s["file"])))
+    streams = build_schedule(model, 2, 2, measure=False, candidates=[PlanChoice(1, (True, True))])
+    _check_schedule(streams, model, 2)
+    kinds = [p["strategy"] for p in streams["phases"]]
+    assert kinds == ["serial", "streams", "serial", "streams", "serial"]
+    b = streams["phases"][1]["barrier"]
+    assert b["combine"]["scope"] == "syncs.l2" and b["combine"]["kind"] == "concat"
+    assert sorted(b["tensors"]) == ["paths.p1.l2/output", "paths.p2.l2/output"]
+    assert streams["per_core"][1]["segments"] and streams["per_core"][1]["idle_phases"] == [0, 2, 4]
+    hyb = build_schedule(model, 2, 2, measure=False, candidates=[PlanChoice(2, (True, False))])
+    _check_schedule(hyb, model, 2)
+    assert [p["strategy"] for p in hyb["phases"]] == ["intra", "streams", "intra"]
+    intra_ids = [hyb["phases"][i]["segments"][0] for i in (0, 2)]
+    assert hyb["per_core"][1]["intra_op_helper_for"] == intra_ids
+    assert hyb["per_core"][0]["intra_op_helper_for"] == []
+    with pytest.raises(ValueError):
+        build_schedule(model, 3, 2, measure=False)
+
+
+# --------------------------------------------------------------------------------------------
+# runtime
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [PlanChoice(1, (False, False)), PlanChoice(2, (False, False)), PlanChoice(1, (True, True)),
+     PlanChoice(2, (True, False))],
+    ids=lambda c: c.name,
+)
+def test_runtime_matches_whole_model(
+    cifar: tuple[nn.Module, Path, onnx.ModelProto], tmp_path: Path, choice: PlanChoice
+) -> None:
+    _, d, model = cifar
+    shutil.copy(d / "model.onnx", tmp_path / "model.onnx")
+    build_schedule(model, 2, 2, out_dir=tmp_path, measure=False, candidates=[choice])
+    whole = [_ort_out(tmp_path / "model.onnx", _x(b, (3, 32, 32), seed=b)) for b in (1, 3)]
+    with Runtime(tmp_path, cores=2) as rt:
+        for _ in range(3):
+            for b, ref in zip((1, 3), whole, strict=True):
+                np.testing.assert_allclose(
+                    rt.run(_x(b, (3, 32, 32), seed=b)), ref, rtol=RTOL, atol=ATOL
+                )
+    with pytest.raises(RuntimeError):
+        rt.run(_x(1, (3, 32, 32)))
+
+
+def test_runtime_more_paths_than_cores(tmp_path: Path) -> None:
+    net, shape = make_test_net("tiny3")
+    sched = compile_model_dir(net, shape, tmp_path, cores=2, measure=False)
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    forced = build_schedule(
+        model, 3, 2, out_dir=tmp_path, measure=False, candidates=[PlanChoice(1, (True, True))]
+    )
+    _check_schedule(sched, model, 2)
+    _check_schedule(forced, model, 2)
+    x = _x(2, shape)
+    with Runtime(tmp_path) as rt:
+        np.testing.assert_allclose(rt.run(x), _torch_out(net, x), rtol=RTOL, atol=ATOL)
+
+
+def test_runtime_measured_autotune(tmp_path: Path) -> None:
+    net, shape = make_test_net("cifar")
+    sched = compile_model_dir(
+        net, shape, tmp_path, cores=2, measure=True, reps=20, quiet=False
+    )
+    assert all("median_us" in c for c in sched["candidates"])
+    best = min(c["median_us"] for c in sched["candidates"])
+    assert sched["expected_us"] == best
+    assert all("measured_us" in s for s in sched["segments"])
+    x = _x(1, shape)
+    with Runtime(tmp_path) as rt:
+        np.testing.assert_allclose(rt.run(x), _torch_out(net, x), rtol=RTOL, atol=ATOL)
+
+
+def test_ort_partition_file_loads_in_parallel_mode(
+    cifar: tuple[nn.Module, Path, onnx.ModelProto],
+) -> None:
+    _, d, model = cifar
+    build_schedule(model, 2, 2, out_dir=d, measure=False)
+    part = json.loads((d / "ort_partition.json").read_text())
+    assert part["type"] == "DeviceBasedPartitioner" and len(part["streams"]) == 2
+    assert len(part["devices"]) == 2
+    so = ort.SessionOptions()
+    so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 3
+    so.add_session_config_entry("session.node_partition_config_file", str(d / "ort_partition.json"))
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(d / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    x = _x(2, (3, 32, 32))
+    np.testing.assert_allclose(
+        sess.run(None, {"input": x})[0], _ort_out(d / "model.onnx", x), rtol=RTOL, atol=ATOL
+    )
+
+
+def test_benchmark_rows(cifar: tuple[nn.Module, Path, onnx.ModelProto], tmp_path: Path) -> None:
+    from parnasc.bench import ENGINES, benchmark, format_table
+
+    net, d, model = cifar
+    shutil.copy(d / "model.onnx", tmp_path / "model.onnx")
+    build_schedule(model, 2, 2, out_dir=tmp_path, measure=False)
+    rows = benchmark(tmp_path, 2, 6, torch_module=net, rounds=2, quiet=False, warmup=1)
+    assert [r["engine"] for r in rows] == list(ENGINES)
+    for r in rows:
+        assert r["matches"], r
+        assert 0 < r["median_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["reps"] == 6
+    assert "speedup parnasc vs ort-intra" in format_table(rows)
+
+
+def test_runtime_errors_and_concurrent_callers(
+    cifar: tuple[nn.Module, Path, onnx.ModelProto], tmp_path: Path
+) -> None:
+    import threading
+
+    _, d, model = cifar
+    shutil.copy(d / "model.onnx", tmp_path / "model.onnx")
+    build_schedule(model, 2, 2, out_dir=tmp_path, measure=False,
+                   candidates=[PlanChoice(1, (True, True))])
+    x = _x(1, (3, 32, 32))
+    ref = _ort_out(tmp_path / "model.onnx", x)
+    with Runtime(tmp_path) as rt:
+        with pytest.raises(Exception):  # noqa: B017 - ORT raises its own exception types
+            rt.run(_x(1, (4, 32, 32)))
+        np.testing.assert_allclose(rt.run(x), ref, rtol=RTOL, atol=ATOL)
+        errors: list[BaseException] = []
+
+        def hammer() -> None:
+            try:
+                for _ in range(20):
+                    np.testing.assert_allclose(rt.run(x), ref, rtol=RTOL, atol=ATOL)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
