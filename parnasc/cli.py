@@ -130,7 +130,7 @@ def compile_(
     from parnasc.ir import print_ir
 
     _atomic_write(out_dir / "ir.txt", print_ir(ir))
-    _remember(file, out_dir)
+    _remember(reset=True, spec=file, build=out_dir)
     print_summary(spec, ir)
     print(f"wrote {out_dir / 'ir.json'}")
 
@@ -284,11 +284,7 @@ def search_cmd(
         from parnasc.latency import latency_costs
 
         costs = latency_costs(ir, progress=_err)
-    _remember(
-        spec_path,
-        Path(last_compiled()["build"]) if STATE.exists() else Path("build") / s.name,
-        run=run_dir,
-    )
+    _remember(spec=spec_path, run=run_dir)
     with Display(settings.epochs, len(train)) as display:
         result = search(
             s,
@@ -413,8 +409,213 @@ def train_cmd(
             display,
             resume,
         )
-    _remember(spec, Path("build") / s.name, run=out_dir)
+    _remember(run=out_dir)
     print(f"test accuracy {acc:.2%}  (wrote {out_dir / 'model.pt'})")
+
+
+def _concrete_net(spec: Path, weights: Path | None) -> tuple[Any, Any, str]:
+    """Compile a concrete spec, lower it and load `weights` (None: the initial weights)."""
+    from parnasc.compile import compile_file
+    from parnasc.lower import lower
+    from parnasc.train import load_checkpoint
+
+    s, ir = compile_file(spec)
+    if not s.concrete:
+        raise OptionError(f"{spec}: not a concrete spec; search it first ('parnasc search {spec}')")
+    import torch
+
+    torch.manual_seed(s.search.seed)
+    net = lower(ir)
+    if weights is not None:
+        net.load_state_dict(load_checkpoint(weights)["net"])
+    return s, net.eval(), "untrained" if weights is None else str(weights)
+
+
+@app.command()
+def emit(
+    run: Annotated[
+        Path | None,
+        typer.Argument(
+            help="run directory, or a concrete .pnas [the latest run]", show_default=False
+        ),
+    ] = None,
+    onnx: Annotated[
+        bool, typer.Option("--onnx/--no-onnx", help="emit ONNX (the only format)")
+    ] = True,
+    out: Annotated[
+        Path | None, typer.Option("-o", "--out", help="output directory [RUN/emit]")
+    ] = None,
+    cores: Annotated[
+        int | None, typer.Option("--cores", help="target cores [spec target, else this machine]")
+    ] = None,
+    no_measure: Annotated[
+        bool, typer.Option("--no-measure", help="estimate segment times instead of measuring")
+    ] = False,
+) -> None:
+    """Write DIR/model.onnx and the per-core schedule DIR/schedule.json for a concrete model.
+
+    Weights: RUN/model.pt (retrained), else RUN/searched.pt; a bare concrete .pnas is
+    emitted with its initial weights (enough for latency work).
+
+    Example: parnasc emit runs/cifar-s0 --onnx -o build/cifar-emit
+    """
+    import shutil
+
+    from parnasc.emit import compile_model_dir
+    from parnasc.train import atomic_save
+
+    if not onnx:
+        raise OptionError("--no-onnx: ONNX is the only output format")
+    if run is None:
+        state = last_compiled()
+        if "run" not in state:
+            raise OptionError("no run given and none recorded; run 'parnasc search' first")
+        run = Path(state["run"])
+    if run.is_dir():
+        spec = run / "derived.pnas"
+        weights = next((w for w in (run / "model.pt", run / "searched.pt") if w.exists()), None)
+        if not spec.exists() or weights is None:
+            raise OptionError(f"{run}: not a finished run (needs derived.pnas and model.pt)")
+    elif run.suffix == ".pnas":
+        spec, weights = run, None
+    else:
+        raise OptionError(f"{run}: expected a run directory or a concrete .pnas file")
+    s, net, source = _concrete_net(spec, weights)
+    n_cores = cores or s.target.cores or len(os.sched_getaffinity(0))
+    if s.paths > n_cores:
+        raise OptionError(f"--cores {n_cores}: the model has {s.paths} paths; it needs {s.paths}")
+    out_dir = out or (run / "emit" if run.is_dir() else Path("build") / s.name / "emit")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "parnasc.version": __version__,
+        "parnasc.spec_hash": s.spec_hash,
+        "parnasc.weights": source,
+        "parnasc.architecture": (run / "derived.pnas" if run.is_dir() else spec).read_text(),
+    }
+    _err(f"exporting {s.name} and measuring the schedule on {n_cores} cores...")
+    sched = compile_model_dir(
+        net, s.input, out_dir, n_cores, meta, measure=not no_measure, quiet=True
+    )
+    shutil.copyfile(spec, out_dir / "model.pnas")
+    atomic_save({"net": net.state_dict()}, out_dir / "weights.pt")
+    _remember(emit=out_dir)
+    print(
+        f"wrote {out_dir / 'model.onnx'}, {out_dir / 'schedule.json'} (plan {sched['plan']}, "
+        f"expected {sched['expected_us'] / 1000:.3f} ms at batch 1)"
+    )
+
+
+@app.command("run")
+def run_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="an emitted directory", show_default=False)],
+    images: Annotated[list[Path], typer.Argument(help="image files", show_default=False)],
+) -> None:
+    """Classify images with an emitted model and its per-core schedule.
+
+    Example: parnasc run runs/cifar-s0/emit cat.png ship.jpg
+    """
+    import numpy as np
+    import torch
+
+    from parnasc.data import CIFAR10_CLASSES, load_images, normalize
+    from parnasc.runtime import Runtime
+
+    sched = _schedule(model_dir)
+    _, h, w = sched["input_shape"]
+    x = normalize(torch.from_numpy(load_images(images, (h, w)))).numpy()
+    with Runtime(model_dir) as rt:
+        for path, row in zip(images, x, strict=True):
+            logits = rt.run(np.ascontiguousarray(row[None]))[0]
+            p = np.exp(logits - logits.max())
+            p /= p.sum()
+            k = int(p.argmax())
+            name = CIFAR10_CLASSES[k] if len(p) == len(CIFAR10_CLASSES) else str(k)
+            print(f"{path}: {name} ({p[k]:.1%})")
+
+
+@app.command()
+def bench(
+    model_dir: Annotated[
+        Path | None, typer.Argument(help="an emitted directory [the latest]", show_default=False)
+    ] = None,
+    cores: Annotated[int | None, typer.Option("--cores", help="cores [the schedule's]")] = None,
+    reps: Annotated[int, typer.Option("--reps", help="timed runs per engine (>= 100)")] = 100,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the rows as JSON")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="bar chart (.svg/.png)")] = None,
+) -> None:
+    """Batch-1 latency of the emitted model on every engine (median, p90, p99) and speedups.
+
+    Example: parnasc bench runs/cifar-s0/emit --reps 200 --json bench.json
+    """
+    import platform
+
+    from parnasc.bench import benchmark, format_table
+
+    if model_dir is None:
+        state = last_compiled()
+        if "emit" not in state:
+            raise OptionError("no emitted directory given or recorded; run 'parnasc emit' first")
+        model_dir = Path(state["emit"])
+    sched = _schedule(model_dir)
+    if reps < 100:
+        raise OptionError(f"--reps {reps}: the protocol needs at least 100 timed runs")
+    n_cores = cores or int(sched["cores"])
+    _, net, _ = _concrete_net(model_dir / "model.pnas", model_dir / "weights.pt")
+    rows = benchmark(model_dir, n_cores, reps, torch_module=net)
+    print(_machine_line())
+    print(format_table(rows))
+    got = next(r for r in rows if r["engine"] == "parnasc")["median_ms"]
+    est = sched["expected_us"] / 1000
+    err = 100 * (est - got) / got
+    print(f"schedule estimate {est:.3f} ms vs measured {got:.3f} ms: error {err:+.1f}%")
+    if json_out is not None:
+        _atomic_write(json_out, json.dumps(rows, indent=1) + "\n")
+    if plot is not None:
+        _plot(rows, plot, f"{model_dir} ({platform.node()})")
+
+
+def _schedule(model_dir: Path) -> dict[str, Any]:
+    try:
+        sched: dict[str, Any] = json.loads((model_dir / "schedule.json").read_text())
+    except (OSError, ValueError):
+        raise OptionError(f"{model_dir}: no schedule.json; run 'parnasc emit' first") from None
+    return sched
+
+
+def _machine_line() -> str:
+    import onnxruntime
+    import torch
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    aff = sorted(os.sched_getaffinity(0))
+    return (
+        f"{cpu}; affinity {aff}; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+    )
+
+
+def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    names = [r["engine"] for r in rows]
+    ax.barh(names, [r["median_ms"] for r in rows], xerr=None, color="#4477aa")
+    ax.set_xlabel("median latency, batch 1 (ms)")
+    ax.set_title(title, fontsize=9)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
 
 
 # --- helpers shared by commands ------------------------------------------------------------
@@ -426,10 +627,15 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _remember(spec: Path, build_dir: Path, run: Path | None = None) -> None:
-    state = {"spec": str(spec.resolve()), "build": str(build_dir.resolve())}
-    if run is not None:
-        state["run"] = str(run.resolve())
+def _remember(reset: bool = False, **paths: Path) -> None:
+    """Record the spec compiled last (and its latest run and emit) for commands that omit them."""
+    state: dict[str, Any] = {}
+    if not reset:
+        try:
+            state = json.loads(STATE.read_text())
+        except (OSError, ValueError):
+            state = {}
+    state.update({k: str(v.resolve()) for k, v in paths.items()})
     STATE.parent.mkdir(exist_ok=True)
     _atomic_write(STATE, json.dumps(state) + "\n")
 
