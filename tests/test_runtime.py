@@ -1,7 +1,6 @@
 """Tests for ONNX emission, the per-core schedule and the multi-core runtime.
 
-``make_test_net`` is a faithful stand-in for the concrete model the lowering produces (same
-attribute names and forward); swap it for the real lowering once it exists.
+``make_test_net`` compiles concrete specs and lowers them with the real lowering.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from parnasc.compile import compile_file, compile_source
 from parnasc.emit import (
     SCHEDULE_SCHEMA,
     PlanChoice,
@@ -27,152 +27,44 @@ from parnasc.emit import (
     read_structure,
     scope_of,
 )
+from parnasc.lower import Net, lower
 from parnasc.runtime import Runtime
 
 RTOL, ATOL = 1e-4, 1e-5
 
 # --------------------------------------------------------------------------------------------
-# stand-in for the lowering's concrete model
+# reference models: real concrete specs through the real lowering
 # --------------------------------------------------------------------------------------------
 
-
-def _conv_bn_relu(ci: int, co: int, k: int, s: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(ci, co, k, s, k // 2, bias=False), nn.BatchNorm2d(co), nn.ReLU()
-    )
-
-
-def _sepconv(ci: int, co: int, k: int, s: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(ci, ci, k, s, k // 2, groups=ci, bias=False),
-        nn.BatchNorm2d(ci),
-        nn.Conv2d(ci, co, 1, bias=False),
-        nn.BatchNorm2d(co),
-        nn.ReLU(),
-    )
-
-
-def _make_op(op: str, ci: int, co: int, s: int) -> nn.Module:
-    if op == "conv3x3":
-        return _conv_bn_relu(ci, co, 3, s)
-    if op == "conv5x5":
-        return _conv_bn_relu(ci, co, 5, s)
-    if op == "sep5x5":
-        return _sepconv(ci, co, 5, s)
-    if op == "maxpool3x3":
-        assert ci == co
-        return nn.MaxPool2d(3, s, 1)
-    if op == "identity":
-        assert ci == co and s == 1
-        return nn.Identity()
-    raise ValueError(op)
-
-
-class Combine(nn.Module):
-    """Combine path tensors: ``sum`` or ``concat`` + 1x1 conv back to ``channels``."""
-
-    def __init__(self, kind: str, channels: int, paths: int) -> None:
-        super().__init__()
-        self.kind = kind
-        self.proj = _conv_bn_relu(channels * paths, channels, 1, 1) if kind == "concat" else None
-
-    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
-        if self.proj is None:
-            y = xs[0]
-            for t in xs[1:]:
-                y = y + t
-            return y
-        return self.proj(torch.cat(xs, 1))
-
-
-class Net(nn.Module):
-    """Concrete multi-path CNN with the lowering's structure (see parnasc.emit)."""
-
-    def __init__(
-        self,
-        stem: nn.Module,
-        stem_channels: int,
-        ops: list[list[str]],
-        channels: list[int],
-        strides: list[int],
-        syncs: dict[int, str],
-        merge: str = "concat",
-        classes: int = 10,
-    ) -> None:
-        super().__init__()
-        self.stem = stem
-        self.n_paths = len(ops)
-        self.levels = [f"l{i + 1}" for i in range(len(channels))]
-        self.paths = nn.ModuleDict()
-        for p, path_ops in enumerate(ops, start=1):
-            blocks = nn.ModuleDict()
-            ci = stem_channels
-            for i, lvl in enumerate(self.levels):
-                blocks[lvl] = _make_op(path_ops[i], ci, channels[i], strides[i])
-                ci = channels[i]
-            self.paths[f"p{p}"] = blocks
-        self.syncs = nn.ModuleDict(
-            {f"l{i}": Combine(kind, channels[i - 1], self.n_paths) for i, kind in syncs.items()}
-        )
-        self.merge = Combine(merge, channels[-1], self.n_paths)
-        self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(channels[-1], 128),
-            nn.ReLU(),
-            nn.Dropout(0.2),
-            nn.Linear(128, classes),
-        )
-
-    def _block(self, p: int, lvl: str) -> nn.Module:
-        blocks = self.paths[f"p{p}"]
-        assert isinstance(blocks, nn.ModuleDict)
-        return blocks[lvl]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        outs = [x] * self.n_paths
-        for lvl in self.levels:
-            outs = [self._block(p, lvl)(outs[p - 1]) for p in range(1, self.n_paths + 1)]
-            if lvl in self.syncs:
-                s = self.syncs[lvl](outs)
-                outs = [s] * self.n_paths
-        return self.head(self.merge(outs))
+ROOT = Path(__file__).resolve().parents[1]
+TINY3 = """
+model tiny3
+input 3x16x16
+classes 5
+paths 3
+stem { conv(k=3, out=8) }
+level l1 { out 8 stride 2 path 1 ops conv(k=3) path 2 ops sepconv(k=5) path 3 ops conv(k=5) }
+level l2 { out 8 path 1 ops skip path 2 ops maxpool(k=3) path 3 ops conv(k=3) }
+sync always sum
+level l3 { out 8 path 1 ops sepconv(k=5) path 2 ops conv(k=3) path 3 ops skip }
+head { merge sum gap fc(out=classes) }
+"""
 
 
 def make_test_net(name: str = "cifar", seed: int = 0) -> tuple[nn.Module, tuple[int, int, int]]:
-    """Reference models: ``cifar`` (3x32x32), ``camera`` (3x128x128), ``tiny3`` (3 paths, sum).
+    """Reference models: ``cifar`` (examples/cifar_arch.pnas, 3x32x32), ``camera``
+    (examples/camera_arch.pnas, 3x128x128), ``tiny3`` (3 paths, sum syncs, skip and pooling).
 
     BatchNorm statistics are randomized so that folding is actually exercised.
     """
     torch.manual_seed(seed)
-    if name == "cifar":
-        net = Net(
-            _conv_bn_relu(3, 8, 5, 1), 8,
-            [["conv3x3"] * 4, ["conv5x5"] * 4],
-            [8, 16, 32, 64], [1, 2, 2, 2], {2: "concat", 4: "concat"},
-        )
-        shape = (3, 32, 32)
-    elif name == "camera":
-        net = Net(
-            _conv_bn_relu(3, 16, 3, 2), 16,
-            [
-                ["conv3x3", "sep5x5", "conv3x3", "sep5x5", "conv3x3"],
-                ["sep5x5", "conv3x3", "sep5x5", "conv3x3", "sep5x5"],
-            ],
-            [16, 32, 32, 64, 64], [1, 2, 1, 2, 2], {2: "concat", 5: "concat"},
-        )
-        shape = (3, 128, 128)
+    if name in ("cifar", "camera"):
+        spec, ir = compile_file(ROOT / "examples" / f"{name}_arch.pnas")
     elif name == "tiny3":
-        net = Net(
-            _conv_bn_relu(3, 8, 3, 1), 8,
-            [["conv3x3", "identity", "sep5x5"], ["sep5x5", "maxpool3x3", "conv3x3"],
-             ["conv5x5", "conv3x3", "identity"]],
-            [8, 8, 8], [2, 1, 1], {2: "sum"}, merge="sum", classes=5,
-        )
-        shape = (3, 16, 16)
+        spec, ir = compile_source(TINY3, "tiny3.pnas")
     else:
         raise ValueError(name)
+    net = lower(ir)
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             assert m.running_mean is not None and m.running_var is not None
@@ -180,7 +72,7 @@ def make_test_net(name: str = "cifar", seed: int = 0) -> tuple[nn.Module, tuple[
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
-    return net.eval(), shape
+    return net.eval(), spec.input
 
 
 # --------------------------------------------------------------------------------------------

@@ -277,3 +277,63 @@ def test_tie_removes_sync_and_latency_search_runs(tmp_path: Path) -> None:
     assert result["cost_kind"] == "latency"
     assert costs.fixed < result["cost"] <= costs.norm
     assert (tmp_path / "run/derived.pnas").is_file()
+
+
+def test_emit_run_and_bench_the_searched_model(runs: Runs, tmp_path: Path) -> None:
+    """search -> emit -> ONNX equals PyTorch on real CIFAR-10 images -> run -> bench."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from PIL import Image
+
+    from parnasc.data import load_cifar10, normalize, subset
+    from parnasc.lower import lower
+    from parnasc.train import load_checkpoint
+
+    out = tmp_path / "emit"
+    done = _run(["emit", str(runs.a), "--onnx", "-o", str(out), "--no-measure"], runs.root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    model = onnx.load(str(out / "model.onnx"))
+    props = {p.key: p.value for p in model.metadata_props}
+    spec, ir = compile_file(runs.a / "derived.pnas")
+    assert props["parnasc.spec_hash"] == spec.spec_hash
+    assert props["parnasc.architecture"] == (runs.a / "derived.pnas").read_text()
+    assert model.opset_import[0].version >= 17
+    assert not {n.op_type for n in model.graph.node} & {"BatchNormalization", "Cast"}
+
+    images = subset(load_cifar10(ARCHIVE), None, 20, seed=1).test_x[:8]
+    x = normalize(torch.from_numpy(images)).contiguous()
+    net = lower(ir)
+    weights = runs.a / ("model.pt" if (runs.a / "model.pt").exists() else "searched.pt")
+    net.load_state_dict(load_checkpoint(weights)["net"])
+    with torch.no_grad():
+        want = net.eval()(x).numpy()
+    got = ort.InferenceSession(str(out / "model.onnx")).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+    files = []
+    for i, img in enumerate(images[:3]):
+        f = tmp_path / f"img{i}.png"
+        Image.fromarray(img.transpose(1, 2, 0)).save(f)
+        files.append(str(f))
+    ran = _run(["run", str(out), *files], runs.root)
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert len(lines) == 3
+    for line, logits in zip(lines, got[:3], strict=True):
+        from parnasc.data import CIFAR10_CLASSES
+
+        assert f": {CIFAR10_CLASSES[int(logits.argmax())]} (" in line
+
+    rows_file = tmp_path / "bench.json"
+    b = _run(["bench", str(out), "--reps", "100", "--json", str(rows_file)], runs.root)
+    assert b.returncode == 0, b.stdout + b.stderr
+    rows = json.loads(rows_file.read_text())
+    assert [r["engine"] for r in rows] == [
+        "ort-sequential", "ort-intra", "ort-parallel-partition", "torch", "parnasc"
+    ]
+    for r in rows:
+        assert {"engine", "threads", "median_ms", "p90_ms", "p99_ms"} <= set(r)
+        assert r["matches"], r
+        assert 0 < r["median_ms"] <= r["p90_ms"] <= r["p99_ms"]
