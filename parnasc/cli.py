@@ -30,6 +30,14 @@ app = typer.Typer(
 STATE = Path(".parnasc") / "last.json"  # the spec compiled last, per working directory
 
 FilesArg = Annotated[list[Path], typer.Argument(help=".pnas files", show_default=False)]
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="CIFAR-10: archive or folder [download to cache]")
+]
+TrainImagesOpt = Annotated[
+    int | None, typer.Option("--train-images", help="use a class-balanced subset")
+]
+TestImagesOpt = Annotated[int | None, typer.Option("--test-images", help="subset of the test set")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="torch threads [all cores]")]
 
 
 def _version(value: bool) -> None:
@@ -184,9 +192,7 @@ def search_cmd(
         int | None,
         typer.Option("--cores", help="cores of the target [spec target, else this machine]"),
     ] = None,
-    data: Annotated[
-        Path | None, typer.Option("--data", help="CIFAR-10: archive or folder [download to cache]")
-    ] = None,
+    data: DataOpt = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="search epochs [spec]")] = None,
     warmup: Annotated[
         int | None, typer.Option("--warmup", help="weights-only epochs [spec]")
@@ -202,15 +208,9 @@ def search_cmd(
     recipe: Annotated[str, typer.Option("--recipe", help="default or paper")] = "default",
     batch: Annotated[int | None, typer.Option("--batch", help="batch size [spec]")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="random seed [spec]")] = None,
-    train_images: Annotated[
-        int | None, typer.Option("--train-images", help="use a class-balanced subset")
-    ] = None,
-    test_images: Annotated[
-        int | None, typer.Option("--test-images", help="subset of the test set")
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option("--threads", help="torch threads [all cores]")
-    ] = None,
+    train_images: TrainImagesOpt = None,
+    test_images: TestImagesOpt = None,
+    threads: ThreadsOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="run directory [runs/<model>-s<seed>]")
     ] = None,
@@ -272,6 +272,7 @@ def search_cmd(
         if recipe == "paper":
             overrides = {**PAPER_RECIPE, **{k: v for k, v in overrides.items() if v is not None}}
         settings = Settings.from_spec(s.search, n_cores, **overrides)
+        _validate(settings)
     run_dir = out or Path("runs") / f"{s.name}-s{settings.seed}"
     if resume is None and (run_dir / "checkpoint.pt").exists():
         raise OptionError(
@@ -301,6 +302,26 @@ def search_cmd(
     for k, v in result["choices"].items():
         print(f"  {k:<12} {v}")
     print(f"wrote {run_dir / 'derived.pnas'}  (retrain: parnasc train {run_dir / 'derived.pnas'})")
+
+
+def _validate(settings: Any) -> None:
+    """Check command-line overrides with the same rules as the spec's search section."""
+    from dataclasses import asdict
+
+    from pydantic import ValidationError
+
+    from parnasc.spec import SearchSpec
+
+    values = {k: v for k, v in asdict(settings).items() if k in SearchSpec.model_fields}
+    try:
+        SearchSpec.model_validate(values)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        name = str(e["loc"][0]).replace("_", "-")
+        msg = str(e["msg"]).replace("Input should be", "must be")
+        raise OptionError(f"--{name} {values.get(str(e['loc'][0]))}: {msg}") from None
+    if settings.n_train is not None and settings.n_train < 20:
+        raise OptionError(f"--train-images {settings.n_train}: need at least 20")
 
 
 def _loaders(
@@ -333,24 +354,16 @@ def train_cmd(
     spec: Annotated[
         Path, typer.Argument(help="a concrete spec, e.g. RUN/derived.pnas", show_default=False)
     ],
-    data: Annotated[
-        Path | None, typer.Option("--data", help="CIFAR-10: archive or folder [download to cache]")
-    ] = None,
+    data: DataOpt = None,
     epochs: Annotated[
         int | None, typer.Option("--epochs", help="epochs [spec retrain_epochs]")
     ] = None,
     from_scratch: Annotated[
         bool, typer.Option("--from-scratch", help="do not start from the searched weights")
     ] = False,
-    train_images: Annotated[
-        int | None, typer.Option("--train-images", help="use a class-balanced subset")
-    ] = None,
-    test_images: Annotated[
-        int | None, typer.Option("--test-images", help="subset of the test set")
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option("--threads", help="torch threads [all cores]")
-    ] = None,
+    train_images: TrainImagesOpt = None,
+    test_images: TestImagesOpt = None,
+    threads: ThreadsOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="output directory [the spec's directory]")
     ] = None,
