@@ -211,6 +211,34 @@ def test_missing_data_is_one_line_error(tmp_path: Path) -> None:
     assert str(missing) in line
 
 
+@pytest.mark.parametrize(
+    ("option", "needle"),
+    [
+        (["--epochs", "0"], "--epochs 0: must be greater than or equal to 1"),
+        (["--beta", "-1"], "--beta -1.0: must be greater than or equal to 0"),
+        (["--cost", "time"], "--cost time: expected one of flops, latency"),
+        (["--mode", "darts"], "--mode darts: expected one of joint, alternate"),
+        (["--recipe", "fast"], "--recipe fast: expected one of default, paper"),
+        (["--train-images", "5"], "--train-images 5: need at least 20"),
+    ],
+)
+def test_bad_option_values_are_one_line_errors(
+    tmp_path: Path, option: list[str], needle: str
+) -> None:
+    spec = tmp_path / "small.pnas"
+    spec.write_text(SMALL)
+    done = _run(["search", str(spec), "--data", str(ARCHIVE), *option], tmp_path)
+    assert needle in _one_line_error(done)
+
+
+def test_emit_and_bench_need_inputs(tmp_path: Path) -> None:
+    supernet = tmp_path / "small.pnas"
+    supernet.write_text(SMALL)
+    assert "not a concrete spec" in _one_line_error(_run(["emit", str(supernet)], tmp_path))
+    assert "no schedule.json" in _one_line_error(_run(["bench", str(tmp_path)], tmp_path))
+    assert "no spec given" in _one_line_error(_run(["search"], tmp_path))
+
+
 # --- resume through the API, both search modes (fast, synthetic data) ----------------------
 
 
