@@ -1,6 +1,7 @@
-"""Benchmark the parnasc runtime against ORT and torch on the two reference models.
+"""Benchmark the parnasc runtime against ORT and torch on the reference models.
 
-    .venv/bin/python benchmarks/bench_runtime.py [--reps 300] [--cores 2] [--models cifar camera]
+    .venv/bin/python benchmarks/bench_runtime.py [--reps 300] [--cores 2]
+        [--models cifar camera camera_balanced]
 
 Builds each reference model (random weights), exports it, builds the schedule (autotuned on
 this machine), checks that all engines give the same output, and prints median/p90/p99 with
@@ -30,7 +31,7 @@ from parnasc.emit import compile_model_dir  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=["cifar", "camera"])
+    ap.add_argument("--models", nargs="+", default=["cifar", "camera", "camera_balanced"])
     ap.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--reps", type=int, default=300)
     ap.add_argument("--tune-reps", type=int, default=200)
@@ -49,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== {name} {shape} cores={args.cores} plan={sched['plan']} "
               f"(compile+autotune {t_compile:.1f}s)")
         for c in sched["candidates"]:
-            print(f"   candidate {c['plan']:16s} {c.get('median_us', float('nan')):8.1f} us")
+            final = f"  final {c['final_median_us']:8.1f} us" if "final_median_us" in c else ""
+            print(f"   candidate {c['plan']:16s} {c.get('median_us', float('nan')):8.1f} us{final}")
         print(format_table(rows))
+        print("load average (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
         out = {"model": name, "input_shape": list(shape), "cores": args.cores,
                "plan": sched["plan"], "candidates": sched["candidates"], "rows": rows}
         (model_dir / "bench.json").write_text(json.dumps(out, indent=1) + "\n")

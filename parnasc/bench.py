@@ -280,6 +280,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{'-' if load is None else f'{load:.2f}':>5s}"
         )
     if "parnasc" in by:
+        if by["parnasc"].get("plan"):
+            lines.append(f"parnasc plan: {by['parnasc']['plan']}")
         p = by["parnasc"]["median_ms"]
         for name in ENGINES[:-1]:
             if name in by:

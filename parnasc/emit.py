@@ -56,10 +56,13 @@ them.  Keys:
   ``model.onnx`` itself for a whole-model segment; ``measured_us``: segment alone)
 * ``per_core``: ``[{core, role, segments, intra_op_helper_for, idle_phases}]``
 * ``critical_path``: ``{segments, time_us, basis}`` (longest segment of each phase, summed)
-* ``expected_us`` (end-to-end median of the chosen plan, or its estimate), ``candidates``
-  (every plan tried with ``estimated_us`` and, when measured, ``median_us``, ``p90_us`` and
-  ``other_load``: CPU busy fraction from other processes seen while measuring),
-  ``timing_basis``
+* ``expected_us`` (end-to-end median of the chosen plan in the final, or its estimate),
+  ``candidates`` (every plan tried with ``estimated_us`` and, when measured, ``median_us``,
+  ``p90_us`` and ``other_load``: CPU busy fraction from other processes seen while measuring;
+  finalists also ``final_median_us``), ``timing_basis``.  Measured plans are chosen in two
+  rounds: every candidate alone, then the fused plans and every plan within 15% of the best
+  re-timed interleaved; a non-fused plan must beat the best fused one (= the ORT sequential /
+  intra-op baselines) by 3% there, so the schedule is never slower than those baselines.
 * ``extra_cores``: cores beyond the path count idle in streams phases and are intra-op helpers
   in intra phases; with more paths than cores, paths are packed longest-first onto the cores
   (several chains in one segment, ``path`` null)
@@ -74,7 +77,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -567,6 +570,47 @@ def plan_candidates(structure: dict[str, Any], cores: int) -> list[PlanChoice]:
     return [PlanChoice(t, m) for t in range(1, cores + 1) for m in uniq]
 
 
+# A plan other than fused-<t> (what the ORT baselines run) must beat the best fused plan by this
+# fraction in the interleaved final to be chosen: a shared VM's noise is a few percent.
+_FUSED_MARGIN = 0.03
+_FINALIST_SPREAD = 0.15
+
+
+def _rematch(
+    cands: Sequence[PlanChoice],
+    results: list[dict[str, Any]],
+    cores: int,
+    reps: int,
+    quiet: bool,
+    phases_of: Callable[[PlanChoice], Any],
+) -> int:
+    """Re-time the finalists interleaved and return the index of the plan to use.
+
+    Finalists: every fused plan plus every plan within 15% of the first pass's best median.
+    The first pass times candidates one after another, so a drift of the machine can rank
+    them wrongly; here they alternate in chunks.  A non-fused plan wins only by beating the
+    best fused plan by :data:`_FUSED_MARGIN`, so the chosen plan is never slower than ORT run
+    the same way (``fused-1``: ORT sequential, ``fused-<cores>``: ORT intra-op).  Finalists get
+    ``final_median_us`` in ``results``.
+    """
+    from parnasc.runtime import measure_interleaved
+
+    best = min(r["median_us"] for r in results)
+    fin = [i for i, c in enumerate(cands)
+           if not any(c.streams) or results[i]["median_us"] <= best * (1 + _FINALIST_SPREAD)]
+    stats = measure_interleaved([phases_of(cands[i]) for i in fin], cores, reps, quiet)
+    for i, st in zip(fin, stats, strict=True):
+        results[i]["final_median_us"] = round(st["median_ms"] * 1e3, 1)
+    fused = [i for i in fin if not any(cands[i].streams)]
+    other = [i for i in fin if i not in fused]
+    pick = min(fused or other, key=lambda i: (results[i]["final_median_us"], i))
+    if fused and other:
+        j = min(other, key=lambda i: (results[i]["final_median_us"], i))
+        if results[j]["final_median_us"] < results[pick]["final_median_us"] * (1 - _FUSED_MARGIN):
+            pick = j
+    return pick
+
+
 @dataclass
 class _SegSpec:
     scopes: list[str]
@@ -726,6 +770,12 @@ def build_schedule(
         results.append(row)
     key = "median_us" if measure else "estimated_us"
     best_i = min(range(len(cands)), key=lambda i: (results[i][key], i))
+    if measure and len(cands) > 1:
+        best_i = _rematch(cands, results, cores, reps, quiet,
+                          lambda ch: [[(seg_model(sg.scopes), sg.lane, sg.threads) for sg in segs]
+                                      for _, segs in _plan_phases(structure, ch, cores,
+                                                                  chain_cost, present)])
+        key = "final_median_us"
     choice = cands[best_i]
     phases = _plan_phases(structure, choice, cores, chain_cost, present)
 
@@ -849,7 +899,10 @@ def build_schedule(
             "intra_op_num_threads": "per segment ('threads')",
             "inter_op_num_threads": 1,
             "execution_mode": "ORT_SEQUENTIAL",
-            "intra_op_thread_affinities": "helpers pinned to cores 1..threads-1",
+            "intra_op_thread_affinities": (
+                "helpers pinned to cores 1..threads-1 in plans with streams phases (the "
+                "calling thread then pinned to core 0); none in fused plans"
+            ),
         },
         "onnxruntime": _ort_version(),
         "ort_partition": None,

@@ -9,12 +9,23 @@ inside ``InferenceSession.run``, so lanes really run concurrently.  Work for wor
 submitted before lane 0 starts its own segment, so lane 0 never waits for a wake-up first.
 
 Session options are always explicit: ``intra_op_num_threads`` = the segment's ``threads``
-(1 for stream segments), ``inter_op_num_threads=1``, ``ORT_SEQUENTIAL``, helper threads of
-multi-threaded segments pinned to lanes 1..threads-1 (``session.intra_op_thread_affinities``).
+(1 for stream segments), ``inter_op_num_threads=1``, ``ORT_SEQUENTIAL``; in plans with worker
+lanes the helper threads of multi-threaded segments are pinned to lanes 1..threads-1
+(``session.intra_op_thread_affinities``), in fused plans nothing is pinned (like ORT's own
+intra-op baseline).
 Intra-op spinning is disabled when a plan mixes intra-op and stream phases, so an idle
 spinning ORT helper cannot steal the CPU of a worker lane.
 
 Which plan runs is decided by :func:`parnasc.emit.build_schedule` by measurement on the target.
+Tried and dropped (not faster here; the patch is kept as ``runs/procs-experiment.patch``): one
+pinned worker *process* per extra core, tensors in ``multiprocessing.shared_memory`` bound in
+place with ORT I/O binding, handoff by spinning on a shared-memory stamp (round trip 0.5 us,
+vs 54-67 us to wake a pinned thread), stem duplicated, split by output channels or run once.
+On this 2-vCPU VM it reached 1.17x over ORT 1 thread on examples/camera_balanced.pnas but
+0.83x of ORT's 2 intra-op threads (examples/camera_arch.pnas: 0.98x and 0.80x): the stem,
+merge and head stay serial (or cost an extra exchange when split), every segment boundary adds
+NCHWc reorders and a session call, and lane 0's segments measured ~20% slower inside a run
+than alone.
 Measured on a 2-vCPU AMD EPYC VM (ORT 1.32): a streams phase costs ~38 us over its longest
 segment (queue handoff + GIL re-acquisition + barrier; ``run_async`` on a pinned ORT pool
 thread was ~100 us), extra session boundaries cost NCHWc reorders, and ORT's intra-op pool
@@ -30,6 +41,7 @@ import os
 import queue
 import threading
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -40,7 +52,7 @@ import onnxruntime as ort
 
 from parnasc.emit import SCHEDULE_SCHEMA
 
-__all__ = ["Runtime", "measure_phases", "session_options"]
+__all__ = ["Runtime", "measure_interleaved", "measure_phases", "session_options"]
 
 
 def _cpus(cores: int | None) -> list[int]:
@@ -52,8 +64,10 @@ def _cpus(cores: int | None) -> list[int]:
     return [allowed[i % len(allowed)] for i in range(n)]
 
 
-def session_options(threads: int, cpus: Sequence[int], spinning: bool = True) -> ort.SessionOptions:
-    """Explicit ORT options: ``threads`` intra-op threads, helpers pinned to ``cpus[1:threads]``."""
+def session_options(threads: int, cpus: Sequence[int], spinning: bool = True,
+                    pin_helpers: bool = True) -> ort.SessionOptions:
+    """Explicit ORT options: ``threads`` intra-op threads, helpers pinned to ``cpus[1:threads]``
+    (with ``pin_helpers``; only sensible when the calling thread is pinned to ``cpus[0]``)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -61,7 +75,7 @@ def session_options(threads: int, cpus: Sequence[int], spinning: bool = True) ->
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    if threads > 1 and len(cpus) >= threads:
+    if pin_helpers and threads > 1 and len(cpus) >= threads:
         # ORT's affinity string uses 1-based logical processor ids, one entry per helper.
         aff = ";".join(str(c + 1) for c in cpus[1:threads])
         so.add_session_config_entry("session.intra_op_thread_affinities", aff)
@@ -181,13 +195,18 @@ def _build_executor(
     input_name: str,
     output_name: str,
 ) -> _Executor:
-    mixed = any(len(ph) > 1 for ph in phases) and any(t > 1 for ph in phases for _, _, t in ph)
+    parallel = any(len(ph) > 1 for ph in phases)
+    mixed = parallel and any(t > 1 for ph in phases for _, _, t in ph)
     n_lanes = len(cpus)
     built: list[list[_Seg]] = []
     for ph in phases:
         segs = []
         for model, lane, threads in ph:
-            so = session_options(min(threads, n_lanes), cpus, spinning=not mixed)
+            # The calling thread is pinned to cpus[0] only in plans with worker lanes; a fused
+            # plan leaves placement to the OS exactly like ORT's own intra-op baseline (a pinned
+            # helper next to an unpinned caller can end up sharing one CPU with it).
+            so = session_options(min(threads, n_lanes), cpus, spinning=not mixed,
+                                 pin_helpers=parallel)
             src = str(model) if isinstance(model, Path) else model.SerializeToString()
             sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
             segs.append(_Seg(sess, lane % n_lanes))
@@ -212,7 +231,7 @@ def measure_phases(
     if len(phases) == 1 and len(phases[0]) == 1:
         # One isolated segment: feed random tensors of its own input shapes.
         model, _, threads = phases[0][0]
-        so = session_options(min(threads, len(cpus)), cpus)
+        so = session_options(min(threads, len(cpus)), cpus, pin_helpers=False)
         sess = ort.InferenceSession(model.SerializeToString(), so,
                                     providers=["CPUExecutionProvider"])
         feeds = {
@@ -234,6 +253,51 @@ def measure_phases(
     finally:
         ex.close()
     return stats
+
+
+def measure_interleaved(
+    plans: Sequence[Sequence[Sequence[tuple[onnx.ModelProto, int, int]]]],
+    cores: int,
+    reps: int = 200,
+    quiet: bool = True,
+    rounds: int = 8,
+) -> list[dict[str, float]]:
+    """Time several plans (phases as for :func:`measure_phases`) in interleaved chunks.
+
+    All plans are built first, then timed round-robin (``rounds`` chunks each, the order
+    rotated every round, each chunk after a bounded wait for a quiet machine), so slow drifts
+    of a shared machine hit every plan alike.  Returns one statistics dict per plan (ms).
+    """
+    from parnasc.bench import _raw_samples, _stats
+
+    cpus = _cpus(cores)
+    first = plans[0][0][0][0].graph.input[0]
+    dims = [d.dim_value if d.dim_value > 0 else 1 for d in first.type.tensor_type.shape.dim]
+    x = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
+    exs: list[_Executor] = []
+    try:
+        for phases in plans:
+            last = phases[-1][-1][0]
+            exs.append(_build_executor(phases, cpus, first.name, last.graph.output[0].name))
+        samples: list[list[float]] = [[] for _ in exs]
+        busy: list[list[float]] = [[] for _ in exs]
+        per = max(1, -(-reps // rounds))
+        for _ in range(20):
+            for ex in exs:
+                ex.run(x)
+        for rnd in range(rounds):
+            order = list(range(len(exs)))
+            order = order[rnd % len(order):] + order[: rnd % len(order)]
+            for i in order:
+                got, b = _raw_samples(partial(exs[i].run, x), per, quiet=quiet,
+                                      quiet_timeout_s=1.0)
+                samples[i] += got
+                busy[i] += b
+    finally:
+        for ex in exs:
+            ex.close()
+    return [{**_stats(sm), "other_load": float(np.mean(b)) if b else -1.0}
+            for sm, b in zip(samples, busy, strict=True)]
 
 
 class Runtime:
