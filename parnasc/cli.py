@@ -17,6 +17,8 @@ except ImportError:  # pragma: no cover - older typer
 
 from parnasc import __version__
 from parnasc.errors import OptionError, PnasError, UserError
+from parnasc.files import atomic_path
+from parnasc.files import write_text as _atomic_write
 
 app = typer.Typer(
     name="parnasc",
@@ -626,18 +628,11 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.invert_yaxis()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
 
 
 # --- helpers shared by commands ------------------------------------------------------------
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _remember(reset: bool = False, **paths: Path) -> None:

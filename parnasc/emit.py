@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -87,6 +86,8 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 from torch import nn
+
+from parnasc.files import write_bytes, write_text
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -339,28 +340,12 @@ def _drop_noop_casts(model: onnx.ModelProto) -> None:
 
 def save_model_atomic(model: onnx.ModelProto, path: Path) -> None:
     """Serialize ``model`` to ``path`` via a temp file in the same directory + os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, model.SerializeToString())
 
 
 def write_text_atomic(text: str, path: Path) -> None:
     """Write ``text`` to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, text)
 
 
 def export_onnx(

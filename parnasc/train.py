@@ -18,6 +18,8 @@ from torch import nn
 
 from parnasc import __version__
 from parnasc.errors import UserError
+from parnasc.files import atomic_path
+from parnasc.files import write_text as atomic_text
 from parnasc.spec import OptimSpec
 
 
@@ -57,15 +59,8 @@ def evaluate(net: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]
 
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
