@@ -287,10 +287,9 @@ def _optim(d: dict[str, Any]) -> Any:
 
 
 def _cycle(loader: Any) -> Any:
-    epoch = 0
+    """Endless batches from `loader` (the held-out split is smaller than the training split)."""
     while True:
         yield from loader
-        epoch += 1
 
 
 __all__ = ["PAPER_RECIPE", "Settings", "derive", "memory_per_core", "search"]
