@@ -226,13 +226,14 @@ def _stitch(scopes: Sequence[_Scope], parts: Sequence[onnx.ModelProto]) -> onnx.
     return helper.make_graph(nodes, "parnasc", [], [], inits)
 
 
-def _drop_identities(graph: onnx.GraphProto) -> None:
-    """Remove Identity nodes (initializer dedup artefacts) by rewiring their consumers."""
+def _bypass(graph: onnx.GraphProto, passthrough: Callable[[onnx.NodeProto], bool]) -> None:
+    """Remove single-input nodes that pass their input through unchanged, rewiring consumers
+    to the input (graph outputs are kept)."""
     outputs = {o.name for o in graph.output}
     keep: list[onnx.NodeProto] = []
     alias: dict[str, str] = {}
     for nd in graph.node:
-        if nd.op_type == "Identity" and nd.output[0] not in outputs:
+        if passthrough(nd) and nd.output[0] not in outputs:
             alias[nd.output[0]] = alias.get(nd.input[0], nd.input[0])
         else:
             keep.append(nd)
@@ -241,6 +242,11 @@ def _drop_identities(graph: onnx.GraphProto) -> None:
             nd.input[j] = alias.get(v, v)
     del graph.node[:]
     graph.node.extend(keep)
+
+
+def _drop_identities(graph: onnx.GraphProto) -> None:
+    """Remove Identity nodes (initializer dedup artefacts) by rewiring their consumers."""
+    _bypass(graph, lambda nd: nd.op_type == "Identity")
 
 
 def _attr(nd: onnx.NodeProto, name: str, default: Any) -> Any:
@@ -318,24 +324,10 @@ def _drop_noop_casts(model: onnx.ModelProto) -> None:
         for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
     }
     types.update({t.name: t.data_type for t in model.graph.initializer})
-    g = model.graph
-    outputs = {o.name for o in g.output}
-    alias: dict[str, str] = {}
-    keep = []
-    for nd in g.node:
-        if (
-            nd.op_type == "Cast"
-            and types.get(nd.input[0]) == _attr(nd, "to", -1)
-            and nd.output[0] not in outputs
-        ):
-            alias[nd.output[0]] = alias.get(nd.input[0], nd.input[0])
-        else:
-            keep.append(nd)
-    for nd in keep:
-        for j, v in enumerate(nd.input):
-            nd.input[j] = alias.get(v, v)
-    del g.node[:]
-    g.node.extend(keep)
+    _bypass(
+        model.graph,
+        lambda nd: nd.op_type == "Cast" and types.get(nd.input[0]) == _attr(nd, "to", -1),
+    )
 
 
 def save_model_atomic(model: onnx.ModelProto, path: Path) -> None:
