@@ -5,7 +5,8 @@
 
 Builds each reference model (random weights), exports it, builds the schedule (autotuned on
 this machine), checks that all engines give the same output, and prints median/p90/p99 with
-ratios.  Results go to ``<out>/<model>/bench.json``; the compiled model directory stays there.
+ratios, then the path-parallel ceiling (:func:`parnasc.bench.path_parallel_bound`).
+Results go to ``<out>/<model>/bench.json``; the compiled model directory stays there.
 The reusable core is :func:`parnasc.bench.benchmark`.
 """
 
@@ -25,7 +26,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from test_runtime import make_test_net  # noqa: E402
 
-from parnasc.bench import benchmark, format_table  # noqa: E402
+from parnasc.bench import (  # noqa: E402
+    benchmark,
+    format_bound,
+    format_table,
+    path_parallel_bound,
+)
 from parnasc.emit import compile_model_dir  # noqa: E402
 
 
@@ -53,9 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             final = f"  final {c['final_median_us']:8.1f} us" if "final_median_us" in c else ""
             print(f"   candidate {c['plan']:16s} {c.get('median_us', float('nan')):8.1f} us{final}")
         print(format_table(rows))
+        bound = path_parallel_bound(model_dir, args.cores, args.reps)
+        print(format_bound(bound))
         print("load average (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
         out = {"model": name, "input_shape": list(shape), "cores": args.cores,
-               "plan": sched["plan"], "candidates": sched["candidates"], "rows": rows}
+               "plan": sched["plan"], "candidates": sched["candidates"], "rows": rows,
+               "path_parallel_bound": bound}
         (model_dir / "bench.json").write_text(json.dumps(out, indent=1) + "\n")
         if not all(r["matches"] for r in rows):
             print("ERROR: engine outputs differ", file=sys.stderr)

@@ -26,11 +26,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+from parnasc.runtime import Runtime
 
 ENGINES = ("ort-sequential", "ort-intra", "ort-parallel-partition", "torch", "parnasc")
 RTOL = 1e-4
@@ -145,11 +148,10 @@ def _ort_session(path: Path, **opts: Any) -> ort.InferenceSession:
 
 
 def _engines(
-    model_dir: Path, cores: int, torch_module: Any | None
-) -> dict[str, tuple[int, Callable[[np.ndarray], np.ndarray], Callable[[], None]]]:
-    """name -> (threads, run(x) -> y, close())."""
-    from parnasc.runtime import Runtime
-
+    model_dir: Path, cores: int, torch_module: Any | None, adapt: bool = True
+) -> tuple[dict[str, tuple[int, Callable[[np.ndarray], np.ndarray], Callable[[], None]]],
+           Runtime]:
+    """name -> (threads, run(x) -> y, close()), and the parnasc runtime."""
     model = model_dir / "model.onnx"
     out: dict[str, tuple[int, Callable[[np.ndarray], np.ndarray], Callable[[], None]]] = {}
 
@@ -185,9 +187,9 @@ def _engines(
                 return mod(torch.from_numpy(x)).numpy()
 
         out["torch"] = (cores, run_torch, lambda: None)
-    rt = Runtime(model_dir, cores)
+    rt = Runtime(model_dir, cores, adapt=adapt)
     out["parnasc"] = (cores, rt.run, rt.close)
-    return out
+    return out, rt
 
 
 def benchmark(
@@ -199,6 +201,7 @@ def benchmark(
     seed: int = 0,
     quiet: bool = True,
     warmup: int = 20,
+    adapt: bool = True,
 ) -> list[dict[str, Any]]:
     """Benchmark all engines on ``model_dir`` at batch 1; one row per engine.
 
@@ -208,13 +211,16 @@ def benchmark(
     Row keys: ``engine, threads, median_ms, p90_ms, p99_ms, mean_ms, min_ms, reps,
     max_abs_err, matches, other_load`` (``matches``: output equal to ``ort-sequential``
     within rtol=1e-4, atol=1e-5; ``other_load``: mean CPU busy fraction seen right before the
-    timed chunks, i.e. load from other processes), plus ``plan`` for ``parnasc``.
+    timed chunks, i.e. load from other processes), plus for ``parnasc``: ``plan`` (the plan
+    it ran at the end), ``scheduled_plan`` (the one ``schedule.json`` names) and
+    ``plan_medians_ms`` (its last start-up or re-check timing of each plan it holds; see
+    :class:`parnasc.runtime.Runtime`, ``adapt``).
     """
     model_dir = Path(model_dir)
     sched = json.loads((model_dir / "schedule.json").read_text(encoding="utf-8"))
     shape = [1, *sched["input_shape"]]
     x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    engines = _engines(model_dir, cores, torch_module)
+    engines, rt = _engines(model_dir, cores, torch_module, adapt)
     try:
         ref = engines["ort-sequential"][1](x)
         samples: dict[str, list[float]] = {k: [] for k in engines}
@@ -260,7 +266,9 @@ def benchmark(
             "other_load": float(np.mean(busy_seen[name])) if busy_seen[name] else None,
         }
         if name == "parnasc":
-            row["plan"] = sched["plan"]
+            row["plan"] = rt.plan
+            row["scheduled_plan"] = rt.scheduled_plan
+            row["plan_medians_ms"] = {k: round(v, 4) for k, v in rt.plan_medians_ms.items()}
         rows.append(row)
     return rows
 
@@ -280,10 +288,110 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{'-' if load is None else f'{load:.2f}':>5s}"
         )
     if "parnasc" in by:
-        if by["parnasc"].get("plan"):
-            lines.append(f"parnasc plan: {by['parnasc']['plan']}")
+        pr = by["parnasc"]
+        if pr.get("plan"):
+            timed = ", ".join(f"{k} {v:.3f}" for k, v in pr.get("plan_medians_ms", {}).items())
+            lines.append(f"parnasc plan: {pr['plan']} (schedule: {pr.get('scheduled_plan')}"
+                         + (f"; last timing, ms: {timed}" if timed else "") + ")")
         p = by["parnasc"]["median_ms"]
         for name in ENGINES[:-1]:
             if name in by:
                 lines.append(f"speedup parnasc vs {name:24s} {by[name]['median_ms'] / p:5.2f}x")
     return "\n".join(lines)
+
+
+def path_parallel_bound(model_dir: Path, cores: int, reps: int = 300,
+                        quiet: bool = True) -> dict[str, Any]:
+    """Best latency any path-per-core schedule of ``model_dir`` could reach with ORT's kernels.
+
+    ORT's profiler gives every node's single-threaded kernel time inside the whole model
+    (no segment boundaries, no reorders between segments); the times are scaled so that
+    they add up to the measured ``ort-sequential`` median (the profiler adds ~1-2 us per
+    node).  The bound is generous to the parallel schedule: path levels run at those
+    speeds with zero dispatch or exchange cost, and every serial part (stem, sync combines,
+    merge, head, unscoped reorders) is assumed split perfectly over ``cores``::
+
+        bound = serial / cores + sum over stages of max over paths (stage time)
+
+    A real schedule adds its dispatch, exchange and segment-boundary costs on top, so the
+    ratios returned are ceilings.  Returns ms figures and ``ceiling_vs_sequential`` /
+    ``ceiling_vs_intra`` (``ort-sequential`` or ``ort-intra`` median / bound), plus
+    ``breakdown_ms`` (scaled time per scope group).
+    """
+    import tempfile
+
+    from parnasc.emit import scope_of, stages
+
+    model_dir = Path(model_dir)
+    sched = json.loads((model_dir / "schedule.json").read_text(encoding="utf-8"))
+    model = model_dir / sched["model"]
+    x = np.random.default_rng(0).standard_normal([1, *sched["input_shape"]]).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "prof")
+        prof = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+        feed = {prof.get_inputs()[0].name: x}
+        for _ in range(reps):
+            prof.run(None, feed)
+        events = json.loads(Path(prof.end_profiling()).read_text(encoding="utf-8"))
+    per_node: dict[str, list[float]] = {}
+    for ev in events:
+        name = str(ev.get("name", ""))
+        if ev.get("cat") == "Node" and name.endswith("_kernel_time"):
+            per_node.setdefault(name[: -len("_kernel_time")], []).append(float(ev["dur"]))
+    node_us = {k: float(np.median(v)) for k, v in per_node.items()}
+
+    s1 = _ort_session(model, intra=1)
+    s2 = _ort_session(model, intra=cores)
+    name = s1.get_inputs()[0].name
+    t: dict[str, list[float]] = {"seq": [], "intra": []}
+    for _ in range(max(1, reps // 50)):
+        for key, sess in (("seq", s1), ("intra", s2)):
+            got, _ = _raw_samples(partial(sess.run, None, {name: x}), 50, quiet=quiet,
+                                  quiet_timeout_s=1.0)
+            t[key] += got
+    seq_ms = float(np.median(t["seq"])) * 1e3
+    intra_ms = float(np.median(t["intra"])) * 1e3
+    scale = seq_ms / (sum(node_us.values()) / 1e3) if node_us else 1.0
+
+    groups: dict[str, float] = {}
+    for node, us in node_us.items():
+        sc = scope_of(node.removeprefix("fused "))  # ORT's fusions prefix the node name
+        key = sc if sc.startswith("paths.") else (sc.split(".")[0] if sc else "unscoped")
+        groups[key] = groups.get(key, 0.0) + us * scale / 1e3
+    serial = sum(v for k, v in groups.items() if not k.startswith("paths."))
+    parallel = 0.0
+    for levels in stages({"levels": sched["levels"], "syncs": sched["syncs"]}):
+        parallel += max(
+            sum(groups.get(f"paths.p{p}.{lvl}", 0.0) for lvl in levels)
+            for p in range(1, int(sched["paths"]) + 1)
+        )
+    bound = serial / cores + parallel
+    return {
+        "cores": cores,
+        "ort_sequential_ms": seq_ms,
+        "ort_intra_ms": intra_ms,
+        "bound_ms": bound,
+        "serial_ms": serial,
+        "paths_critical_ms": parallel,
+        "ceiling_vs_sequential": seq_ms / bound,
+        "ceiling_vs_intra": intra_ms / bound,
+        "breakdown_ms": dict(sorted(groups.items())),
+    }
+
+
+def format_bound(b: dict[str, Any]) -> str:
+    """Lines describing :func:`path_parallel_bound`'s result."""
+    return "\n".join([
+        f"path-parallel ceiling on {b['cores']} cores (ORT kernels, zero dispatch cost, serial "
+        f"parts split perfectly): {b['bound_ms']:.3f} ms",
+        f"  = serial {b['serial_ms']:.3f} ms / {b['cores']} + longest path chain "
+        f"{b['paths_critical_ms']:.3f} ms",
+        f"  at most {b['ceiling_vs_sequential']:.2f}x ort-sequential "
+        f"({b['ort_sequential_ms']:.3f} ms) and {b['ceiling_vs_intra']:.2f}x ort-intra "
+        f"({b['ort_intra_ms']:.3f} ms), measured in the same run",
+    ])

@@ -557,8 +557,14 @@ def bench(
     reps: Annotated[int, typer.Option("--reps", help="timed runs per engine (>= 100)")] = 100,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the rows as JSON")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="bar chart (.svg/.png)")] = None,
+    bound: Annotated[
+        bool, typer.Option("--bound", help="also print the path-parallel ceiling (ORT profile)")
+    ] = False,
 ) -> None:
     """Batch-1 latency of the emitted model on every engine (median, p90, p99) and speedups.
+
+    With --bound it also prints the best latency any path-per-core schedule could reach with
+    ONNX Runtime's kernels and zero dispatch cost (from ORT's per-node profile).
 
     Example: parnasc bench runs/cifar-s0/emit --reps 200 --json bench.json
     """
@@ -583,6 +589,10 @@ def bench(
     est = sched["expected_us"] / 1000
     err = 100 * (est - got) / got
     print(f"schedule estimate {est:.3f} ms vs measured {got:.3f} ms: error {err:+.1f}%")
+    if bound:
+        from parnasc.bench import format_bound, path_parallel_bound
+
+        print(format_bound(path_parallel_bound(model_dir, n_cores, reps)))
     if json_out is not None:
         _atomic_write(json_out, json.dumps(rows, indent=1) + "\n")
     if plot is not None:

@@ -16,21 +16,30 @@ intra-op baseline).
 Intra-op spinning is disabled when a plan mixes intra-op and stream phases, so an idle
 spinning ORT helper cannot steal the CPU of a worker lane.
 
-Which plan runs is decided by :func:`parnasc.emit.build_schedule` by measurement on the target.
-Tried and dropped (not faster here; the patch is kept as ``runs/procs-experiment.patch``): one
-pinned worker *process* per extra core, tensors in ``multiprocessing.shared_memory`` bound in
-place with ORT I/O binding, handoff by spinning on a shared-memory stamp (round trip 0.5 us,
-vs 54-67 us to wake a pinned thread), stem duplicated, split by output channels or run once.
-On this 2-vCPU VM it reached 1.17x over ORT 1 thread on examples/camera_balanced.pnas but
-0.83x of ORT's 2 intra-op threads (examples/camera_arch.pnas: 0.98x and 0.80x): the stem,
-merge and head stay serial (or cost an extra exchange when split), every segment boundary adds
-NCHWc reorders and a session call, and lane 0's segments measured ~20% slower inside a run
-than alone.
-Measured on a 2-vCPU AMD EPYC VM (ORT 1.32): a streams phase costs ~38 us over its longest
-segment (queue handoff + GIL re-acquisition + barrier; ``run_async`` on a pinned ORT pool
-thread was ~100 us), extra session boundaries cost NCHWc reorders, and ORT's intra-op pool
-already reaches 1.78x on two cores for the 128x128 reference model, so fused plans win there;
-the fused path is a single ``InferenceSession.run`` call with no added synchronisation.
+Which plan runs is decided by :func:`parnasc.emit.build_schedule` by measurement on the target,
+and re-checked by :class:`Runtime` itself (``adapt``): it also holds the whole model with 1 and
+``cores`` intra-op threads, times the plans interleaved when it starts and every
+``recheck_every`` runs, and runs the fastest (3% hysteresis).
+
+Tried and dropped (measured on a 2-vCPU AMD EPYC VM, ORT 1.32):
+
+* one pinned worker *process* per extra core, tensors in ``multiprocessing.shared_memory``
+  bound in place with ORT I/O binding, handoff by spinning on a shared-memory stamp (round
+  trip 0.5 us, vs 54-67 us to wake a pinned thread): 1.17x over ORT 1 thread on
+  examples/camera_balanced.pnas but 0.83x of ORT's 2 intra-op threads.
+* the same with segments cut from ORT's own optimized graph, so the exchanged tensors stay in
+  ORT's blocked NCHWc layout (no reorder at a segment boundary), the stem split by output rows
+  over the cores, and ``run_with_iobinding`` (3 us per call instead of 7): bit-identical
+  output, but 0.21-0.23 ms against 0.16-0.19 ms for ORT's intra-op threads on
+  camera_balanced.  Alone, a stem half takes 19 us and the first path stage 67 us; inside a
+  run 38 us and 76 us: the exchanged tensors (256 KB after the stem) move between the cores'
+  caches, which costs about as much as the work saved.  Copying the input into shared memory
+  added ~25 us more.
+* threads: a streams phase costs ~38 us over its longest segment (queue handoff + GIL
+  re-acquisition + barrier; ``run_async`` on a pinned ORT pool thread was ~100 us).
+
+:func:`parnasc.bench.path_parallel_bound` (``parnasc bench --bound``) puts numbers on the
+head-room: the best any path-per-core schedule could do with ORT's kernels and free dispatch.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import json
 import os
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -52,7 +62,7 @@ import onnxruntime as ort
 
 from parnasc.emit import SCHEDULE_SCHEMA
 
-__all__ = ["Runtime", "measure_interleaved", "measure_phases", "session_options"]
+__all__ = ["Runtime", "choose_plan", "measure_interleaved", "measure_phases", "session_options"]
 
 
 def _cpus(cores: int | None) -> list[int]:
@@ -300,13 +310,41 @@ def measure_interleaved(
             for sm, b in zip(samples, busy, strict=True)]
 
 
+def choose_plan(medians: dict[str, float], current: str, margin: float = 0.03) -> str:
+    """The plan to run given measured medians: the fastest, unless ``current`` is within
+    ``margin`` of it (hysteresis, so noise on a shared machine does not flip plans)."""
+    best = min(medians, key=lambda k: (medians[k], k))
+    if current in medians and medians[current] <= medians[best] * (1 + margin):
+        return current
+    return best
+
+
 class Runtime:
     """Execute a compiled model directory (``schedule.json`` + ``segments/``).
 
     ``cores`` defaults to the schedule's core count; with fewer cores, lanes wrap around.
+
+    With ``adapt`` (the default) the runtime also keeps the whole model as single ORT sessions
+    with 1 and ``cores`` intra-op threads (``fused-1``, ``fused-<cores>``) next to the
+    scheduled plan, times them interleaved when it starts (``calibration_reps`` runs each) and
+    runs the fastest; after 50, 100, 200, ... runs and from then on every ``recheck_every``
+    runs it re-times them on the live input (a dozen runs each) and switches when another plan
+    is faster by more than 3%.  The emitted
+    schedule's choice is one measurement at emit time; on a shared machine the best plan can
+    change later (ORT's 2-thread mode, for one, is bimodal on small models), and a plan that
+    is exactly what a baseline engine runs can then never stay slower than it for long.
+    ``adapt=False`` runs the scheduled plan only.
     """
 
-    def __init__(self, model_dir: Path, cores: int | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        cores: int | None = None,
+        *,
+        adapt: bool = True,
+        calibration_reps: int = 60,
+        recheck_every: int = 2000,
+    ) -> None:
         model_dir = Path(model_dir)
         sched = json.loads((model_dir / "schedule.json").read_text(encoding="utf-8"))
         if sched.get("schema") != SCHEDULE_SCHEMA:
@@ -322,21 +360,68 @@ class Runtime:
             ]
             for ph in sched["phases"]
         ]
-        self._ex: _Executor | None = _build_executor(
-            phases, self.cpus, sched["input"], sched["output"]
-        )
+        self.scheduled_plan: str = sched["plan"]
+        self._plans: dict[str, _Executor] = {
+            self.scheduled_plan: _build_executor(phases, self.cpus, sched["input"],
+                                                 sched["output"])
+        }
+        if adapt:
+            for t in sorted({1, len(self.cpus)}):
+                name = f"fused-{t}"
+                if name not in self._plans:
+                    self._plans[name] = _build_executor(
+                        [[(model_dir / sched["model"], 0, t)]], self.cpus, sched["input"],
+                        sched["output"],
+                    )
+        self.plan: str = self.scheduled_plan
+        self.plan_medians_ms: dict[str, float] = {}
+        self.recheck_every = recheck_every if len(self._plans) > 1 else 0
+        self._runs = 0
+        self._next_check = min(50, self.recheck_every)
+        self._recheck_lock = threading.Lock()
+        if len(self._plans) > 1:
+            shape = [1, *sched["input_shape"]]
+            probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+            self._retime(probe, rounds=6, per_round=max(1, calibration_reps // 6), warmup=10)
+
+    def _retime(self, x: np.ndarray, rounds: int, per_round: int, warmup: int) -> None:
+        """Time every plan on ``x`` in interleaved chunks and switch to the best."""
+        names = list(self._plans)
+        samples: dict[str, list[float]] = {k: [] for k in names}
+        for k in names:
+            for _ in range(warmup):
+                self._plans[k].run(x)
+        for rnd in range(rounds):
+            for k in names[rnd % len(names):] + names[: rnd % len(names)]:
+                run = self._plans[k].run
+                for _ in range(per_round):
+                    t0 = time.perf_counter()
+                    run(x)
+                    samples[k].append(time.perf_counter() - t0)
+        self.plan_medians_ms = {k: float(np.median(v)) * 1e3 for k, v in samples.items()}
+        self.plan = choose_plan(self.plan_medians_ms, self.plan)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run one batch (NCHW float32) and return the model output."""
-        if self._ex is None:
+        if not self._plans:
             raise RuntimeError("Runtime is closed")
-        return self._ex.run(np.ascontiguousarray(x, dtype=np.float32))
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        y = self._plans[self.plan].run(x)
+        self._runs += 1
+        if self.recheck_every and self._runs >= self._next_check \
+                and self._recheck_lock.acquire(blocking=False):
+            try:
+                self._next_check = self._runs + min(self._next_check, self.recheck_every)
+                self._retime(x, rounds=3, per_round=4, warmup=2)
+            finally:
+                self._recheck_lock.release()
+        return y
 
     def close(self) -> None:
         """Stop the worker threads and release the sessions (idempotent)."""
-        if self._ex is not None:
-            self._ex.close()
-            self._ex = None
+        for ex in self._plans.values():
+            ex.close()
+        self._plans = {}
 
     def __enter__(self) -> Runtime:
         return self

@@ -108,7 +108,7 @@ def test_debug_shows_traceback(run_cli: RunCli) -> None:
 
 
 def test_valid_specs_pass_check(run_cli: RunCli) -> None:
-    specs = sorted((ROOT / "specs").glob("*.pnas"))
+    specs = sorted((ROOT / "specs").glob("*.pnas")) + sorted((ROOT / "examples").glob("*.pnas"))
     res = run_cli("check", *specs, cwd=ROOT)
     assert res.returncode == 0, res.stderr
 

@@ -13,7 +13,7 @@ from parnasc import parse as P
 from parnasc.fmt import canonical_text, fmt_expr, format_document
 
 ROOT = Path(__file__).resolve().parent.parent
-SPECS = sorted((ROOT / "specs").glob("*.pnas"))
+SPECS = sorted((ROOT / "specs").glob("*.pnas")) + sorted((ROOT / "examples").glob("*.pnas"))
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -36,7 +36,8 @@ def assert_fmt_sound(text: str) -> str:
 
 @pytest.mark.parametrize("spec", SPECS, ids=[p.name for p in SPECS])
 def test_specs_format_soundly(spec: Path) -> None:
-    assert_fmt_sound(spec.read_text())
+    text = spec.read_text()
+    assert assert_fmt_sound(text) == text  # the checked-in files are in canonical format
 
 
 def test_cifar_spec_is_canonical() -> None:

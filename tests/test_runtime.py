@@ -28,7 +28,7 @@ from parnasc.emit import (
     scope_of,
 )
 from parnasc.lower import Net, lower
-from parnasc.runtime import Runtime
+from parnasc.runtime import Runtime, choose_plan
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -54,6 +54,7 @@ head { merge sum gap fc(out=classes) }
 def make_test_net(name: str = "cifar", seed: int = 0) -> tuple[nn.Module, tuple[int, int, int]]:
     """Reference models: ``cifar`` (examples/cifar_arch.pnas, 3x32x32), ``camera``
     (examples/camera_arch.pnas, 3x128x128), ``camera_balanced`` (examples/camera_balanced.pnas),
+    ``camera_sepconv`` (examples/camera_sepconv.pnas),
     ``tiny3`` (3 paths, sum syncs, skip and pooling).
 
     BatchNorm statistics are randomized so that folding is actually exercised.
@@ -61,8 +62,8 @@ def make_test_net(name: str = "cifar", seed: int = 0) -> tuple[nn.Module, tuple[
     torch.manual_seed(seed)
     if name in ("cifar", "camera"):
         spec, ir = compile_file(ROOT / "examples" / f"{name}_arch.pnas")
-    elif name == "camera_balanced":
-        spec, ir = compile_file(ROOT / "examples" / "camera_balanced.pnas")
+    elif name in ("camera_balanced", "camera_sepconv"):
+        spec, ir = compile_file(ROOT / "examples" / f"{name}.pnas")
     elif name == "tiny3":
         spec, ir = compile_source(TINY3, "tiny3.pnas")
     else:
@@ -256,7 +257,8 @@ def test_runtime_matches_whole_model(
     shutil.copy(d / "model.onnx", tmp_path / "model.onnx")
     build_schedule(model, 2, 2, out_dir=tmp_path, measure=False, candidates=[choice])
     whole = [_ort_out(tmp_path / "model.onnx", _x(b, (3, 32, 32), seed=b)) for b in (1, 3)]
-    with Runtime(tmp_path, cores=2) as rt:
+    with Runtime(tmp_path, cores=2, adapt=False) as rt:
+        assert rt.plan == choice.name
         for _ in range(3):
             for b, ref in zip((1, 3), whole, strict=True):
                 np.testing.assert_allclose(
@@ -276,7 +278,7 @@ def test_runtime_more_paths_than_cores(tmp_path: Path) -> None:
     _check_schedule(sched, model, 2)
     _check_schedule(forced, model, 2)
     x = _x(2, shape)
-    with Runtime(tmp_path) as rt:
+    with Runtime(tmp_path, adapt=False) as rt:
         np.testing.assert_allclose(rt.run(x), _torch_out(net, x), rtol=RTOL, atol=ATOL)
 
 
@@ -334,6 +336,81 @@ def test_benchmark_rows(cifar: tuple[nn.Module, Path, onnx.ModelProto], tmp_path
         assert r["matches"], r
         assert 0 < r["median_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["reps"] == 6
     assert "speedup parnasc vs ort-intra" in format_table(rows)
+    par = rows[-1]
+    assert par["plan"] in par["plan_medians_ms"] and par["scheduled_plan"] in par["plan_medians_ms"]
+
+
+def test_path_parallel_bound(cifar: tuple[nn.Module, Path, onnx.ModelProto],
+                             tmp_path: Path) -> None:
+    from parnasc.bench import format_bound, path_parallel_bound
+
+    _, d, model = cifar
+    shutil.copy(d / "model.onnx", tmp_path / "model.onnx")
+    build_schedule(model, 2, 2, out_dir=tmp_path, measure=False)
+    b = path_parallel_bound(tmp_path, 2, reps=50, quiet=False)
+    groups = b["breakdown_ms"]
+    assert {"stem", "head", "paths.p1.l1", "paths.p2.l4"} <= set(groups)
+    # the scaled node times add up to the measured sequential latency
+    assert sum(groups.values()) == pytest.approx(b["ort_sequential_ms"], rel=1e-3)
+    # two paths on two cores: at best half of the sequential time, at worst all of it
+    t1 = b["ort_sequential_ms"]
+    assert t1 / 2 - 1e-9 <= b["bound_ms"] <= t1
+    assert b["bound_ms"] == pytest.approx(b["serial_ms"] / 2 + b["paths_critical_ms"])
+    p1 = sum(v for k, v in groups.items() if k.startswith("paths.p1."))
+    p2 = sum(v for k, v in groups.items() if k.startswith("paths.p2."))
+    assert max(p1, p2) - 1e-9 <= b["paths_critical_ms"] <= p1 + p2
+    assert "path-parallel ceiling on 2 cores" in format_bound(b)
+
+
+def test_choose_plan_hysteresis() -> None:
+    m = {"fused-1": 0.200, "fused-2": 0.150, "hybrid-SS-1": 0.152}
+    assert choose_plan(m, "fused-1") == "fused-2"
+    assert choose_plan(m, "hybrid-SS-1") == "hybrid-SS-1"  # within 3% of the best: stays
+    assert choose_plan(m, "hybrid-SS-1", margin=0.0) == "fused-2"
+    assert choose_plan(m, "gone") == "fused-2"
+    assert choose_plan({"a": 1.0, "b": 1.0}, "x") == "a"  # ties break by name
+
+
+def _streams_model_dir(
+    cifar: tuple[nn.Module, Path, onnx.ModelProto], out: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """Emit the cifar model into ``out`` with the all-streams plan; return an input and the
+    whole model's output for it."""
+    _, d, model = cifar
+    shutil.copy(d / "model.onnx", out / "model.onnx")
+    build_schedule(model, 2, 2, out_dir=out, measure=False,
+                   candidates=[PlanChoice(1, (True, True))])
+    x = _x(1, (3, 32, 32))
+    return x, _ort_out(out / "model.onnx", x)
+
+
+def test_runtime_adapts_to_the_faster_plan(
+    cifar: tuple[nn.Module, Path, onnx.ModelProto], tmp_path: Path
+) -> None:
+    import time
+
+    x, ref = _streams_model_dir(cifar, tmp_path)
+    with Runtime(tmp_path, cores=2, calibration_reps=12, recheck_every=5) as rt:
+        assert rt.scheduled_plan == "hybrid-SS-1"
+        assert set(rt.plan_medians_ms) == {"hybrid-SS-1", "fused-1", "fused-2"}
+        assert rt.plan == choose_plan(rt.plan_medians_ms, "hybrid-SS-1")
+        first = rt.plan
+        # Make the running plan 5 ms slower: the next re-check (every 5 runs) must leave it.
+        ex = rt._plans[first]
+        fast = ex.run
+
+        def slow(v: np.ndarray) -> np.ndarray:
+            time.sleep(0.005)
+            return fast(v)
+
+        ex.run = slow  # type: ignore[method-assign]
+        for _ in range(5):
+            np.testing.assert_allclose(rt.run(x), ref, rtol=RTOL, atol=ATOL)
+        assert rt.plan != first
+        assert rt.plan_medians_ms[first] > 5.0
+        np.testing.assert_allclose(rt.run(x), ref, rtol=RTOL, atol=ATOL)
+    with Runtime(tmp_path, cores=1) as rt:  # one core: the fused plans coincide
+        assert set(rt.plan_medians_ms) == {"hybrid-SS-1", "fused-1"}
 
 
 def test_runtime_errors_and_concurrent_callers(
@@ -341,13 +418,9 @@ def test_runtime_errors_and_concurrent_callers(
 ) -> None:
     import threading
 
-    _, d, model = cifar
-    shutil.copy(d / "model.onnx", tmp_path / "model.onnx")
-    build_schedule(model, 2, 2, out_dir=tmp_path, measure=False,
-                   candidates=[PlanChoice(1, (True, True))])
-    x = _x(1, (3, 32, 32))
-    ref = _ort_out(tmp_path / "model.onnx", x)
-    with Runtime(tmp_path) as rt:
+    x, ref = _streams_model_dir(cifar, tmp_path)
+    with Runtime(tmp_path, adapt=False) as rt:
+        assert rt.plan == "hybrid-SS-1"
         with pytest.raises(Exception):  # noqa: B017 - ORT raises its own exception types
             rt.run(_x(1, (4, 32, 32)))
         np.testing.assert_allclose(rt.run(x), ref, rtol=RTOL, atol=ATOL)

@@ -355,8 +355,10 @@ def test_emit_run_and_bench_the_searched_model(runs: Runs, tmp_path: Path) -> No
         assert f": {CIFAR10_CLASSES[int(logits.argmax())]} (" in line
 
     rows_file = tmp_path / "bench.json"
-    b = _run(["bench", str(out), "--reps", "100", "--json", str(rows_file)], runs.root)
+    b = _run(["bench", str(out), "--reps", "100", "--json", str(rows_file), "--bound"],
+             runs.root)
     assert b.returncode == 0, b.stdout + b.stderr
+    assert "path-parallel ceiling on 2 cores" in b.stdout
     rows = json.loads(rows_file.read_text())
     assert [r["engine"] for r in rows] == [
         "ort-sequential", "ort-intra", "ort-parallel-partition", "torch", "parnasc"
