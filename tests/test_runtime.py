@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -439,3 +440,23 @@ def test_runtime_errors_and_concurrent_callers(
         for t in threads:
             t.join()
         assert not errors
+
+
+def test_lanes_experiment_matches_ort(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/bench_lanes.py (the measured NCHWc process-lanes design) stays runnable and
+    exact: it exits 1 when its output differs from ORT's."""
+    import re
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # spawned workers import it by name
+    import bench_lanes
+
+    net, shape = make_test_net("camera_balanced")
+    compile_model_dir(net, shape, tmp_path, cores=2, measure=False)
+    cpus = os.sched_getaffinity(0)
+    assert bench_lanes.main([str(tmp_path), "--reps", "20"]) == 0
+    assert os.sched_getaffinity(0) == cpus  # lane 0's pinning is undone
+    out = capsys.readouterr().out
+    m = re.search(r"max \|lanes - ort\| = (\S+)", out)
+    assert m is not None and float(m.group(1)) < 1e-5
+    assert "lanes vs ort-sequential" in out and "alone" in out
