@@ -35,6 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 PARNASC = str(Path(PY).with_name("parnasc"))
 SPEC = ROOT / "specs" / "cifar.pnas"
+sys.path.insert(0, str(ROOT / "tests"))  # the generated specs are the tests' own
+
+from test_ir import generated_spec  # noqa: E402
 
 
 def median_wall(cmd: list[str], runs: int, env: dict[str, str] | None = None) -> float:
@@ -117,17 +120,6 @@ def bench_check(runs: int) -> None:
 # --- (b) compile time against size -------------------------------------------------------------
 
 
-def generated_spec(levels: int, paths: int = 4) -> str:
-    """Every level written out (no `repeat`): three candidates, mixed sync sites."""
-    out = [f"model gen{levels}", "input 3x16x16", "classes 10", f"paths {paths}"]
-    out.append("stem {\n  conv(k=3, out=16)\n}")
-    for i in range(1, levels + 1):
-        out.append(f"level l{i} {{\n  out 16\n  ops conv(k=3) | conv(k=5) | sepconv(k=3)\n}}")
-        out.append("sync always sum" if i % 4 == 0 else "sync search concat" if i % 2 else "")
-    out.append("head {\n  merge concat\n  gap\n  fc(out=classes)\n}")
-    return "\n".join(out) + "\n"
-
-
 def compile_once(text: str, pause_gc: bool) -> dict[str, float]:
     from parnasc import passes
     from parnasc.ir import build, gc_paused
@@ -165,7 +157,7 @@ def bench_compile(sizes: list[int], runs: int) -> None:
     print(f"{head} {'total':>7} {'per level':>10}   {'GC paused':>9} {'per level':>10}")
     totals: dict[int, tuple[float, float]] = {}
     for n in sizes:
-        text = generated_spec(n)
+        text = generated_spec(n, 4)
         med: dict[str, float] = {}
         samples = [compile_once(text, False) for _ in range(runs)]
         for k in samples[0]:

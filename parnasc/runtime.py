@@ -49,7 +49,6 @@ import json
 import os
 import queue
 import threading
-import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -386,6 +385,8 @@ class Runtime:
 
     def _retime(self, x: np.ndarray, rounds: int, per_round: int, warmup: int) -> None:
         """Time every plan on ``x`` in interleaved chunks and switch to the best."""
+        from parnasc.bench import _raw_samples
+
         names = list(self._plans)
         samples: dict[str, list[float]] = {k: [] for k in names}
         for k in names:
@@ -393,11 +394,8 @@ class Runtime:
                 self._plans[k].run(x)
         for rnd in range(rounds):
             for k in names[rnd % len(names):] + names[: rnd % len(names)]:
-                run = self._plans[k].run
-                for _ in range(per_round):
-                    t0 = time.perf_counter()
-                    run(x)
-                    samples[k].append(time.perf_counter() - t0)
+                samples[k] += _raw_samples(partial(self._plans[k].run, x), per_round,
+                                           quiet=False)[0]
         self.plan_medians_ms = {k: float(np.median(v)) * 1e3 for k, v in samples.items()}
         self.plan = choose_plan(self.plan_medians_ms, self.plan)
 
