@@ -28,7 +28,6 @@ import pickle
 import posixpath
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -46,6 +45,7 @@ import torch
 from PIL import Image, ImageOps
 
 from parnasc.errors import UserError
+from parnasc.files import atomic_path
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -465,11 +465,8 @@ def _read_cache(file: Path, size: tuple[int, int]) -> Cifar | None:
 
 
 def _write_cache(file: Path, data: Cifar, say: Progress) -> None:
-    tmp: str | None = None
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=file.parent)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(file) as tmp, tmp.open("wb") as f:
             np.savez(
                 f,
                 train_x=data.train_x,
@@ -478,15 +475,9 @@ def _write_cache(file: Path, data: Cifar, say: Progress) -> None:
                 test_y=data.test_y,
                 classes=np.array(data.classes, dtype=str),
             )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, file)
-        tmp = None
         say(f"cached decoded arrays at {file}")
     except OSError as e:
         say(f"warning: could not write cache {file} ({_one_line(e)})")
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- download
@@ -498,12 +489,11 @@ def _download(url: str, md5: str, dest: Path, say: Progress) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"{dest.parent}: cannot create cache dir ({_one_line(e)})") from None
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=dest.parent)
     digest = hashlib.md5(usedforsecurity=False)
-    try:
+    with atomic_path(dest) as tmp:
         say(f"downloading {url} to {dest}")
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+            with tmp.open("wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
                 total = int(resp.headers.get("Content-Length") or 0)
                 done, shown = 0, -1
                 while chunk := resp.read(1 << 20):
@@ -524,9 +514,6 @@ def _download(url: str, md5: str, dest: Path, say: Progress) -> None:
                 f"{url}: MD5 mismatch (got {digest.hexdigest()}, expected {md5}); download "
                 "discarded; pass --data PATH to a local copy"
             )
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _url_filename(url: str) -> str:

@@ -330,16 +330,6 @@ def _drop_noop_casts(model: onnx.ModelProto) -> None:
     )
 
 
-def save_model_atomic(model: onnx.ModelProto, path: Path) -> None:
-    """Serialize ``model`` to ``path`` via a temp file in the same directory + os.replace."""
-    write_bytes(path, model.SerializeToString())
-
-
-def write_text_atomic(text: str, path: Path) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    write_text(path, text)
-
-
 def export_onnx(
     net: nn.Module,
     input_shape: tuple[int, int, int],
@@ -392,7 +382,7 @@ def export_onnx(
     props = {**metadata, STRUCTURE_KEY: json.dumps(structure, sort_keys=True)}
     helper.set_model_props(model, props)
     onnx.checker.check_model(model, full_check=True)
-    save_model_atomic(model, Path(path))
+    write_bytes(Path(path), model.SerializeToString())
     return model
 
 
@@ -788,7 +778,7 @@ def build_schedule(
                 st = measure_phases([[(sm, 0, sg.threads)]], cores, max(50, reps // 2), quiet)
                 row["measured_us"] = round(st["median_ms"] * 1e3, 1)
             if out_dir is not None and row["file"] != "model.onnx":
-                save_model_atomic(sm, Path(out_dir) / row["file"])
+                write_bytes(Path(out_dir) / row["file"], sm.SerializeToString())
             seg_rows.append(row)
             ids.append(sid)
         phase_rows.append({"index": pi, "strategy": strat, "segments": ids})
@@ -887,14 +877,14 @@ def build_schedule(
     if out_dir is not None:
         out = Path(out_dir)
         if not (out / "model.onnx").exists():
-            save_model_atomic(model, out / "model.onnx")
+            write_bytes(out / "model.onnx", model.SerializeToString())
         keep = {out / r["file"] for r in seg_rows}
         for stale in (out / "segments").glob("*.onnx"):
             if stale not in keep:
                 stale.unlink()
         write_ort_partition(out / "model.onnx", out / "ort_partition.json", cores)
         sched["ort_partition"] = "ort_partition.json"
-        write_text_atomic(json.dumps(sched, indent=1) + "\n", out / "schedule.json")
+        write_text(out / "schedule.json", json.dumps(sched, indent=1) + "\n")
     return sched
 
 
@@ -959,7 +949,7 @@ def write_ort_partition(model_path: Path, out_path: Path, cores: int) -> dict[st
     ordered = [streams.get(i, []) for i in range(max(streams) + 1)]
     ordered = [s for s in ordered if s]
     cfg = {"type": "DeviceBasedPartitioner", "streams": ordered, "devices": ["0"] * len(ordered)}
-    write_text_atomic(json.dumps(cfg, indent=1) + "\n", Path(out_path))
+    write_text(Path(out_path), json.dumps(cfg, indent=1) + "\n")
     return cfg
 
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from parnasc import ops
+from parnasc.files import write_text
 from parnasc.ir import IR, Node
 from parnasc.loss import CostModel
 from parnasc.lower import Combine, arch_key
@@ -219,10 +220,7 @@ def measure_table(
         "items": measured,
     }
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f".{file.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, file)
+        write_text(file, json.dumps(table, indent=1, sort_keys=True) + "\n")
         say(f"measured in {table['measure_s']:.1f} s; cached at {file}")
     except OSError as exc:
         say(f"warning: could not write latency cache {file} ({exc})")

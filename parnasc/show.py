@@ -11,11 +11,11 @@ Output is deterministic: no dates in the metadata, fixed SVG ids, text kept as t
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from parnasc.files import atomic_path
 from parnasc.ir import IR, Node, count, flops_range, search_space_size
 from parnasc.summary import human
 
@@ -141,12 +141,8 @@ def draw(ir: IR, path: Path) -> None:
         fig = Figure(dpi=DPI)
         FigureCanvasAgg(fig)
         _Picture(fig, ir).render()
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, format=fmt, metadata=meta, dpi=DPI)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 class _Picture:

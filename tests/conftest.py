@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,3 +38,36 @@ def run_cli() -> RunCli:
         )
 
     return run
+
+
+def _global_state() -> dict[str, object]:
+    """Process-wide settings a test could change and leave behind for later tests."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    state: dict[str, object] = {"cwd": os.getcwd(), "env": env}
+    if hasattr(os, "sched_getaffinity"):
+        state["affinity"] = os.sched_getaffinity(0)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        state["torch_threads"] = torch.get_num_threads()
+    return state
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_global_state() -> Iterator[None]:
+    """Fail a test that leaves the cwd, environment, CPU affinity or torch's thread count
+    changed (use monkeypatch or try/finally), after putting them back for the next test."""
+    before = _global_state()
+    yield
+    after = _global_state()
+    leaked = sorted(k for k in before if after.get(k) != before[k])
+    if not leaked:
+        return
+    os.chdir(str(before["cwd"]))
+    for k in set(os.environ) - set(before["env"]) - {"PYTEST_CURRENT_TEST"}:  # type: ignore[arg-type]
+        del os.environ[k]
+    os.environ.update(before["env"])  # type: ignore[arg-type]
+    if "affinity" in leaked:
+        os.sched_setaffinity(0, before["affinity"])  # type: ignore[arg-type]
+    if "torch_threads" in leaked:
+        sys.modules["torch"].set_num_threads(before["torch_threads"])
+    pytest.fail(f"the test changed global state and did not restore it: {', '.join(leaked)}")

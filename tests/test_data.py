@@ -189,10 +189,17 @@ def test_full_archive_counts_and_cache(full: tuple[Cifar, float], cache_root: Pa
     assert np.allclose(mean, CIFAR_MEAN, atol=0.01)
     assert len(list(cache_root.glob("cifar10-*.npz"))) == 1
 
-    start = time.perf_counter()
-    again = load_cifar10(SHARED, cache_dir=cache_root)
-    assert time.perf_counter() - start < max(3.0, decode_s / 3)
+    # The second load reads the cache and decodes nothing (the decoder must not be called).
+    said: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("parnasc.data._load_source", _must_not_decode)
+        again = load_cifar10(SHARED, cache_dir=cache_root, progress=said.append)
+    assert any("from cache" in m for m in said)
     _same(data, again)
+
+
+def _must_not_decode(*_args: object) -> None:
+    raise AssertionError("decoded the archive although a valid cache exists")
 
 
 def test_subset_balanced_and_deterministic(full: tuple[Cifar, float]) -> None:

@@ -252,10 +252,14 @@ def test_latency_costs_measured_and_cached(
 ) -> None:
     monkeypatch.setenv("PARNASC_CACHE", str(tmp_path))
     _, ir = compile_source(TINY)
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    said: list[str] = []
-    c = latency_costs(ir, progress=said.append)
-    assert torch.get_num_threads() == 2  # restored after measuring with one thread
+    try:
+        said: list[str] = []
+        c = latency_costs(ir, progress=said.append)
+        assert torch.get_num_threads() == 2  # restored after measuring with one thread
+    finally:
+        torch.set_num_threads(threads)
     assert any("measuring" in m for m in said)
     files = list((tmp_path / "latency").glob("*.json"))
     assert len(files) == 1 and len(files[0].stem) == 64
