@@ -184,6 +184,89 @@ def _load_data(data: Path | None, n_train: int | None, n_test: int | None, seed:
     return cifar
 
 
+def _abs(path: Path) -> Path:
+    """An absolute path without resolving symlinks (the location as the user named it)."""
+    return Path(os.path.abspath(path.expanduser()))
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+def _shown(value: Any) -> str:
+    return "all" if value is None else str(value)
+
+
+def _unchanged(what: str, options: list[tuple[str, Any, Any]]) -> None:
+    """Refuse an option that would change a recorded setting of a resumed run."""
+    for name, given, recorded in options:
+        if given is not None and given != recorded:
+            raise OptionError(
+                f"{name} {given}: cannot change a setting of the resumed {what} "
+                f"(recorded {_shown(recorded)})"
+            )
+
+
+def _resumed_data(what: str, recorded: Any, data: Path | None) -> Path | None:
+    """The data source of a resumed run: the recorded one, or `--data` naming where the same
+    data is now (the fingerprint check after loading tells whether it is the same)."""
+    if data is not None:
+        return data
+    if recorded is None:
+        raise OptionError(f"{what} records no data source; pass --data PATH")
+    if recorded.source is None:
+        return None  # the official archive, downloaded into the cache
+    src = Path(recorded.source)
+    if not src.exists():
+        raise OptionError(
+            f"{what} was made with the data {src}, which is gone; pass --data PATH to the "
+            "same data where it is now"
+        )
+    return src
+
+
+def _data_record(
+    what: str | None,
+    recorded: Any,
+    data: Path | None,
+    cifar: Any,
+    n_train: int | None,
+    n_test: int | None,
+) -> Any:
+    """The DataRecord of the data just loaded; for a resume (`what`), it must be the same data
+    as the recorded one."""
+    from parnasc.train import DataRecord, fingerprint
+
+    fp = fingerprint(cifar.train_x, cifar.train_y, cifar.test_x, cifar.test_y)
+    if what is not None and recorded is not None and fp != recorded.fingerprint:
+        where = f"--data {data}" if data is not None else (recorded.source or "CIFAR-10")
+        raise OptionError(f"{where}: not the data {what} was made with (its fingerprint differs)")
+    return DataRecord(
+        source=None if data is None else str(_abs(data)),
+        train_images=n_train,
+        test_images=n_test,
+        fingerprint=fp,
+    )
+
+
+def _finished_search(run: Path) -> None:
+    """Refuse a search run directory whose search has not finished (result.json comes last)."""
+    from parnasc.search import is_complete
+
+    started = (run / "settings.json").exists() or (run / "checkpoint.pt").exists()
+    if started and not is_complete(run):
+        raise UserError(
+            f"{run}: the search there has not finished (no result.json); finish it with "
+            f"'parnasc search --resume {run}'"
+        )
+
+
+def _check_choices(options: list[tuple[str, str | None, tuple[str, ...]]]) -> None:
+    for name, value, allowed in options:
+        if value is not None and value not in allowed:
+            raise OptionError(f"{name} {value}: expected one of {', '.join(allowed)}")
+
+
 @app.command("search")
 def search_cmd(
     spec: Annotated[
@@ -207,7 +290,9 @@ def search_cmd(
     ] = None,
     cost: Annotated[str | None, typer.Option("--cost", help="flops or latency [spec]")] = None,
     mode: Annotated[str | None, typer.Option("--mode", help="joint or alternate [spec]")] = None,
-    recipe: Annotated[str, typer.Option("--recipe", help="default or paper")] = "default",
+    recipe: Annotated[
+        str | None, typer.Option("--recipe", help="default or paper [default]")
+    ] = None,
     batch: Annotated[int | None, typer.Option("--batch", help="batch size [spec]")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="random seed [spec]")] = None,
     train_images: TrainImagesOpt = None,
@@ -217,48 +302,103 @@ def search_cmd(
         Path | None, typer.Option("--out", help="run directory [runs/<model>-s<seed>]")
     ] = None,
     resume: Annotated[
-        Path | None, typer.Option("--resume", help="continue an interrupted run directory")
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="continue a run directory with its recorded spec, data and settings "
+            "(--epochs E extends it)",
+        ),
     ] = None,
 ) -> None:
     """Search the supernet on CIFAR-10 and write the concrete architecture RUN/derived.pnas.
 
     Example: parnasc search specs/cifar.pnas --cores 2 --data cifar10.tar.gz --epochs 10
     """
+    from dataclasses import replace
+
     from parnasc.compile import compile_file
     from parnasc.display import Display
-    from parnasc.search import PAPER_RECIPE, Settings, search
-    from parnasc.train import set_threads
+    from parnasc.search import (
+        PAPER_RECIPE,
+        RunRecord,
+        Settings,
+        is_complete,
+        read_checkpoint,
+        search,
+    )
+    from parnasc.train import read_record, set_threads
 
-    previous: dict[str, Any] = {}
-    if resume is not None:
-        try:
-            previous = json.loads((resume / "settings.json").read_text())
-        except (OSError, ValueError):
-            raise OptionError(
-                f"--resume {resume}: not a search run directory (no settings.json)"
-            ) from None
-        spec = Path(previous["spec"])
-        out = resume
-    spec_path = _spec_or_last(spec)
-    s, ir = compile_file(spec_path)
-    for name, value, allowed in (
-        ("--cost", cost, ("flops", "latency")),
-        ("--mode", mode, ("joint", "alternate")),
-        ("--recipe", recipe, ("default", "paper")),
-    ):
-        if value is not None and value not in allowed:
-            raise OptionError(f"{name} {value}: expected one of {', '.join(allowed)}")
-    n_cores = cores or s.target.cores or len(os.sched_getaffinity(0))
+    _check_choices(
+        [
+            ("--cost", cost, ("flops", "latency")),
+            ("--mode", mode, ("joint", "alternate")),
+            ("--recipe", recipe, ("default", "paper")),
+        ]
+    )
     if cores is not None and cores < 1:
         raise OptionError(f"--cores {cores}: must be at least 1")
-    if s.paths > n_cores:
-        raise OptionError(
-            f"--cores {n_cores}: {spec_path} has {s.paths} paths; the method runs one path "
-            f"per core, so it needs at least {s.paths} cores"
+    record: RunRecord | None = None
+    if resume is not None:
+        what = f"run {resume}"
+        record = read_record(resume / "settings.json", RunRecord, "search run")
+        old = record.run_settings()
+        if out is not None and _abs(out) != _abs(resume):
+            raise OptionError(f"--out {out}: cannot change the directory of the resumed {what}")
+        _unchanged(
+            what,
+            [
+                ("--cores", cores, old.cores),
+                ("--alpha", alpha, old.alpha),
+                ("--beta", beta, old.beta),
+                ("--cost", cost, old.cost),
+                ("--mode", mode, old.mode),
+                ("--recipe", recipe, old.recipe),
+                ("--warmup", warmup, old.warmup),
+                ("--batch", batch, old.batch),
+                ("--seed", seed, old.seed),
+                ("--train-images", train_images, old.n_train),
+                ("--test-images", test_images, record.data.test_images if record.data else None),
+            ],
         )
-    if previous:
-        settings = Settings(**previous["settings"])
+        if epochs is not None and epochs < old.epochs:
+            raise OptionError(
+                f"--epochs {epochs}: cannot change a setting of the resumed {what} (recorded "
+                f"{old.epochs}); --epochs can only extend a run"
+            )
+        spec_path = spec if spec is not None else Path(record.spec)
+        if spec is None and not spec_path.is_file():
+            raise OptionError(
+                f"{what} was made from {spec_path}, which is gone; pass SPEC, the same spec "
+                "where it is now"
+            )
+        s, ir = compile_file(spec_path)
+        if s.spec_hash != record.spec_hash:
+            if spec is not None:
+                raise OptionError(
+                    f"{spec}: cannot change the spec of the resumed {what} (recorded "
+                    f"{record.spec}; this one differs)"
+                )
+            raise OptionError(
+                f"{spec_path}: changed since {what} began (its sha256 differs from the "
+                "recorded one); restore it, or start a new run"
+            )
+        settings = replace(old, epochs=epochs or old.epochs)
+        _validate(settings)
+        if is_complete(resume) and settings.epochs == old.epochs:
+            print(
+                f"{resume}: the search is already complete ({_epochs(old.epochs)}); nothing to do "
+                f"(--epochs E with E > {old.epochs} extends it)"
+            )
+            return
+        run_dir = resume
+        checkpoint = read_checkpoint(resume, s, settings)  # before the data: fail fast
+        data_path = _resumed_data(what, record.data, data)
+        n_test = record.data.test_images if record.data else test_images
+        threads = threads or record.threads
     else:
+        spec_path = _spec_or_last(spec)
+        s, ir = compile_file(spec_path)
+        n_cores = cores or s.target.cores or len(os.sched_getaffinity(0))
         overrides: dict[str, Any] = dict(
             alpha=alpha,
             beta=beta,
@@ -269,19 +409,35 @@ def search_cmd(
             seed=seed,
             mode=mode,
             n_train=train_images,
-            recipe=recipe,
+            recipe=recipe or "default",
         )
         if recipe == "paper":
             overrides = {**PAPER_RECIPE, **{k: v for k, v in overrides.items() if v is not None}}
         settings = Settings.from_spec(s.search, n_cores, **overrides)
         _validate(settings)
-    run_dir = out or Path("runs") / f"{s.name}-s{settings.seed}"
-    if resume is None and (run_dir / "checkpoint.pt").exists():
+        run_dir = out or Path("runs") / f"{s.name}-s{settings.seed}"
+        if (run_dir / "checkpoint.pt").exists():
+            raise OptionError(
+                f"--out {run_dir}: a run is already there; use --resume {run_dir} or another --out"
+            )
+        data_path, n_test, checkpoint = data, test_images, None
+    if s.paths > settings.cores:
         raise OptionError(
-            f"--out {run_dir}: a run is already there; use --resume {run_dir} or another --out"
+            f"--cores {settings.cores}: {spec_path} has {s.paths} paths; the method runs one "
+            f"path per core, so it needs at least {s.paths} cores"
         )
-    set_threads(threads)
-    train, val, _ = _loaders(data, settings.n_train, test_images, settings, s.input)
+    _check_shape(s.input)
+    cifar = _load_data(data_path, settings.n_train, n_test, settings.seed)
+    data_rec = _data_record(
+        None if resume is None else f"run {resume}",
+        record.data if record else None,
+        data_path,
+        cifar,
+        settings.n_train,
+        n_test,
+    )
+    set_threads(threads)  # after every check: a refused command leaves the process as it was
+    train, val, _ = _loaders(cifar, settings)
     costs = None
     if settings.cost == "latency":
         from parnasc.latency import latency_costs
@@ -299,6 +455,8 @@ def search_cmd(
             costs=costs,
             resume=resume is not None,
             report=display,
+            data=data_rec,
+            checkpoint=checkpoint,
         )
     print(f"search done: validation accuracy {result['val_acc']:.2%}")
     for k, v in result["choices"].items():
@@ -326,20 +484,16 @@ def _validate(settings: Any) -> None:
         raise OptionError(f"--train-images {settings.n_train}: need at least 20")
 
 
-def _loaders(
-    data: Path | None,
-    n_train: int | None,
-    n_test: int | None,
-    settings: Any,
-    shape: tuple[int, int, int],
-) -> tuple[Any, Any, Any]:
-    from parnasc.data import Loader, split_train
-
+def _check_shape(shape: tuple[int, int, int]) -> None:
     if shape != (3, 32, 32):
         raise OptionError(
             f"the data is 3x32x32 CIFAR-10 but the spec's input is {'x'.join(map(str, shape))}"
         )
-    cifar = _load_data(data, n_train, n_test, settings.seed)
+
+
+def _loaders(cifar: Any, settings: Any) -> tuple[Any, Any, Any]:
+    from parnasc.data import Loader, split_train
+
     (xt, yt), (xv, yv) = split_train(
         cifar.train_x, cifar.train_y, settings.val_fraction, settings.seed
     )
@@ -370,7 +524,12 @@ def train_cmd(
         Path | None, typer.Option("--out", help="output directory [the spec's directory]")
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="continue an interrupted training")
+        bool,
+        typer.Option(
+            "--resume",
+            help="continue the training in the output directory with its recorded data and "
+            "settings (--epochs E extends it)",
+        ),
     ] = False,
 ) -> None:
     """Retrain a concrete architecture (by default from its searched weights); print test accuracy.
@@ -381,7 +540,16 @@ def train_cmd(
     from parnasc.display import Display
     from parnasc.lower import lower
     from parnasc.search import Settings
-    from parnasc.train import load_checkpoint, retrain, set_threads
+    from parnasc.train import (
+        RECORD_FORMAT,
+        TrainRecord,
+        load_checkpoint,
+        load_state,
+        read_record,
+        read_train_checkpoint,
+        retrain,
+        set_threads,
+    )
 
     s, ir = compile_file(spec)
     if not s.concrete:
@@ -389,28 +557,92 @@ def train_cmd(
             f"{spec}: not a concrete spec (blocks with several candidates or searchable "
             "syncs); run 'parnasc search' first"
         )
+    _finished_search(spec.parent)
+    if epochs is not None and epochs < 0:
+        raise OptionError(f"--epochs {epochs}: must be at least 0")
     out_dir = out or spec.parent
+    record: TrainRecord | None = None
+    if resume:
+        what = f"training {out_dir}"
+        record = read_record(out_dir / "train_settings.json", TrainRecord, "training")
+        if record.spec_hash != s.spec_hash:
+            raise OptionError(
+                f"{spec}: not the spec the {what} began with (recorded {record.spec}; this one "
+                "differs); start a new training without --resume"
+            )
+        if from_scratch and record.init != "scratch":
+            raise OptionError(
+                f"--from-scratch: cannot change a setting of the resumed {what} (recorded: "
+                f"from {record.init})"
+            )
+        _unchanged(
+            what,
+            [
+                ("--train-images", train_images, record.data.train_images),
+                ("--test-images", test_images, record.data.test_images),
+            ],
+        )
+        if epochs is not None and epochs < record.epochs:
+            raise OptionError(
+                f"--epochs {epochs}: cannot change a setting of the resumed {what} (recorded "
+                f"{record.epochs}); --epochs can only extend a training"
+            )
+        n_epochs = epochs if epochs is not None else record.epochs
+        done = _trained(out_dir, record)
+        if done is not None and n_epochs == record.epochs:
+            print(
+                f"{out_dir}: the training is already complete ({_epochs(record.epochs)}): test "
+                f"accuracy {done:.2%} ({out_dir / 'model.pt'})"
+            )
+            return
+        if (out_dir / "train_checkpoint.pt").exists():
+            read_train_checkpoint(out_dir, n_epochs)  # before the data: fail fast
+        init = record.init
+        data_path = _resumed_data(what, record.data, data)
+        n_train, n_test = record.data.train_images, record.data.test_images
+        threads = threads or record.threads
+    else:
+        n_epochs = epochs if epochs is not None else s.search.retrain_epochs
+        init = "scratch" if from_scratch else str(_abs(spec.parent / "searched.pt"))
+        data_path, n_train, n_test = data, train_images, test_images
+    _check_shape(s.input)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch_seed = s.search.seed
     import torch
 
-    torch.manual_seed(torch_seed)
+    torch.manual_seed(s.search.seed)
     net = lower(ir)
-    source = "scratch"
-    if not from_scratch:
-        weights = spec.parent / "searched.pt"
+    if init != "scratch" and not (resume and (out_dir / "train_checkpoint.pt").exists()):
+        weights = Path(init)
         if not weights.exists():
             raise OptionError(
                 f"{weights} not found: training from the searched weights needs it; "
                 "or pass --from-scratch"
             )
-        net.load_state_dict(load_checkpoint(weights)["net"])
-        source = str(weights)
+        what_net = f"the network of {spec} (edited after the search?)"
+        load_state(net, load_checkpoint(weights)["net"], weights, what_net)
+    settings = Settings.from_spec(s.search, s.paths, n_train=n_train)
+    cifar = _load_data(data_path, n_train, n_test, settings.seed)
+    data_rec = _data_record(
+        f"training {out_dir}" if record else None,
+        record.data if record else None,
+        data_path,
+        cifar,
+        n_train,
+        n_test,
+    )
     set_threads(threads)
-    settings = Settings.from_spec(s.search, s.paths, n_train=train_images)
-    train, _, test = _loaders(data, train_images, test_images, settings, s.input)
-    n_epochs = epochs if epochs is not None else s.search.retrain_epochs
-    meta = {"spec": str(spec), "spec_hash": s.spec_hash, "init": source, "epochs": n_epochs}
+    train, _, test = _loaders(cifar, settings)
+    new_record = TrainRecord(
+        format=RECORD_FORMAT,
+        parnasc=__version__,
+        spec=str(_abs(spec)),
+        spec_hash=s.spec_hash,
+        init=init,
+        epochs=n_epochs,
+        data=data_rec,
+        threads=torch.get_num_threads(),
+    )
+    meta = {"spec": str(spec), "spec_hash": s.spec_hash, "init": init, "epochs": n_epochs}
     with Display(n_epochs, len(train)) as display:
         acc = retrain(
             net,
@@ -423,16 +655,31 @@ def train_cmd(
             meta,
             display,
             resume,
+            new_record,
         )
     _remember(run=out_dir)
     print(f"test accuracy {acc:.2%}  (wrote {out_dir / 'model.pt'})")
+
+
+def _trained(out_dir: Path, record: Any) -> float | None:
+    """The test accuracy of `out_dir/model.pt` if it is the result of the recorded training."""
+    from parnasc.train import load_checkpoint
+
+    model = out_dir / "model.pt"
+    if not model.exists():
+        return None
+    meta = load_checkpoint(model, ("net", "meta"))["meta"]
+    if not isinstance(meta, dict) or meta.get("training") != record.identity():
+        return None
+    acc = meta.get("test_acc")
+    return float(acc) if isinstance(acc, int | float) else None
 
 
 def _concrete_net(spec: Path, weights: Path | None) -> tuple[Any, Any, str]:
     """Compile a concrete spec, lower it and load `weights` (None: the initial weights)."""
     from parnasc.compile import compile_file
     from parnasc.lower import lower
-    from parnasc.train import load_checkpoint
+    from parnasc.train import load_checkpoint, load_state
 
     s, ir = compile_file(spec)
     if not s.concrete:
@@ -442,7 +689,16 @@ def _concrete_net(spec: Path, weights: Path | None) -> tuple[Any, Any, str]:
     torch.manual_seed(s.search.seed)
     net = lower(ir)
     if weights is not None:
-        net.load_state_dict(load_checkpoint(weights)["net"])
+        ck = load_checkpoint(weights)
+        meta = ck.get("meta")
+        if weights.name == "model.pt" and isinstance(meta, dict):
+            trained_for = meta.get("spec_hash")
+            if trained_for is not None and trained_for != s.spec_hash:
+                raise UserError(
+                    f"{weights}: trained from another version of {spec} (edited or re-derived "
+                    f"since); retrain it with 'parnasc train {spec}'"
+                )
+        load_state(net, ck["net"], weights, f"the network of {spec} (edited since it was saved?)")
     return s, net.eval(), "untrained" if weights is None else str(weights)
 
 
@@ -474,8 +730,6 @@ def emit(
 
     Example: parnasc emit runs/cifar-s0 --onnx -o build/cifar-emit
     """
-    import shutil
-
     from parnasc.emit import compile_model_dir
     from parnasc.train import atomic_save
 
@@ -487,10 +741,13 @@ def emit(
             raise OptionError("no run given and none recorded; run 'parnasc search' first")
         run = Path(state["run"])
     if run.is_dir():
+        _finished_search(run)
         spec = run / "derived.pnas"
         weights = next((w for w in (run / "model.pt", run / "searched.pt") if w.exists()), None)
         if not spec.exists() or weights is None:
-            raise OptionError(f"{run}: not a finished run (needs derived.pnas and model.pt)")
+            raise OptionError(
+                f"{run}: not a finished run (needs derived.pnas and searched.pt or model.pt)"
+            )
     elif run.suffix == ".pnas":
         spec, weights = run, None
     else:
@@ -511,7 +768,7 @@ def emit(
     sched = compile_model_dir(
         net, s.input, out_dir, n_cores, meta, measure=not no_measure, quiet=True
     )
-    shutil.copyfile(spec, out_dir / "model.pnas")
+    _atomic_write(out_dir / "model.pnas", spec.read_text(encoding="utf-8"))
     atomic_save({"net": net.state_dict()}, out_dir / "weights.pt")
     _remember(emit=out_dir)
     print(

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from parnasc import __version__
 from parnasc.errors import UserError
@@ -22,8 +23,10 @@ from parnasc.ir import IR
 from parnasc.loss import CostModel, flops_costs, total_loss
 from parnasc.lower import Net, lower, transfer_weights
 from parnasc.passes.prune import prune
-from parnasc.spec import SearchSpec, Spec
+from parnasc.spec import OptimSpec, SearchSpec, Spec
 from parnasc.train import (
+    RECORD_FORMAT,
+    DataRecord,
     JsonLog,
     Meter,
     Report,
@@ -33,7 +36,20 @@ from parnasc.train import (
     epoch_seed,
     evaluate,
     load_checkpoint,
+    load_state,
     make_optimizer,
+    remove_temporaries,
+)
+
+SEARCH_OUTPUTS = (
+    "settings.json",
+    "checkpoint.pt",
+    "metrics.jsonl",
+    "arch.jsonl",
+    "searched.pt",
+    "supernet.pt",
+    "derived.pnas",
+    "result.json",
 )
 
 
@@ -74,6 +90,53 @@ class Settings:
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
+
+
+class _SettingsRecord(BaseModel):
+    """`Settings` as recorded in settings.json, with the ranges of the spec's search section."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    alpha: float = Field(ge=0)
+    beta: float = Field(ge=0)
+    cost: Literal["flops", "latency"]
+    epochs: int = Field(ge=1)
+    warmup: int = Field(ge=0)
+    batch: int = Field(ge=1)
+    seed: int = Field(ge=0)
+    mode: Literal["joint", "alternate"]
+    val_fraction: float = Field(gt=0, lt=1)
+    cores: int = Field(ge=1)
+    weights: OptimSpec
+    arch: OptimSpec
+    n_train: int | None = Field(ge=20)
+    recipe: Literal["default", "paper"]
+
+
+class RunRecord(BaseModel):
+    """`settings.json`: everything that determines a search run, read back by `--resume`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    format: int
+    parnasc: str
+    spec: str  # absolute path of the supernet spec
+    spec_hash: str
+    settings: _SettingsRecord
+    data: DataRecord | None  # None: a run made through the API with its own loaders
+    threads: int = Field(ge=1)  # the default of a resume (thread counts change float sums)
+
+    def run_settings(self) -> Settings:
+        return Settings(**self.settings.model_dump())
+
+
+assert set(_SettingsRecord.model_fields) == {f.name for f in fields(Settings)}
+
+
+def is_complete(run_dir: Path) -> bool:
+    """Whether the search in `run_dir` finished: result.json is written last, after every
+    derived output, and removed before a resumed or extended search trains again."""
+    return (run_dir / "result.json").is_file()
 
 
 PAPER_RECIPE = {
@@ -155,6 +218,21 @@ def check_budget(ir: IR, budget: int | None) -> None:
         )
 
 
+def read_checkpoint(run_dir: Path, spec: Spec, settings: Settings) -> dict[str, Any] | None:
+    """The checkpoint of `run_dir` (None if there is none yet), checked against the run: a
+    damaged or foreign one is a UserError naming the file."""
+    ck_path = run_dir / "checkpoint.pt"
+    if not ck_path.exists():
+        return None
+    ck = load_checkpoint(ck_path, ("epoch", "net", "w_opt", "a_opt", "meta"))
+    if not isinstance(ck["meta"], dict) or ck["meta"].get("spec_hash") != spec.spec_hash:
+        raise UserError(f"{ck_path}: made from another spec than {spec.file}")
+    epoch = ck["epoch"]
+    if not isinstance(epoch, int) or not 1 <= epoch <= settings.epochs:
+        raise UserError(f"{ck_path}: epoch {epoch!r} is outside the run's {settings.epochs}")
+    return ck
+
+
 def search(
     spec: Spec,
     ir: IR,
@@ -165,8 +243,16 @@ def search(
     costs: CostModel | None = None,
     resume: bool = False,
     report: Report | None = None,
+    data: DataRecord | None = None,
+    checkpoint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the search into `run_dir`; returns a summary (choices, probabilities, accuracy)."""
+    """Run the search into `run_dir`; returns a summary (choices, probabilities, accuracy).
+
+    `resume` continues from `checkpoint.pt` (from the start when there is none yet) up to
+    `settings.epochs`, which may extend a finished run. A kill at any point leaves a state a
+    resume continues from: the completion marker `result.json` is removed before training
+    and written after every derived output; the logs are cut back to the checkpoint.
+    `checkpoint` is the run's checkpoint when the caller already read it (`read_checkpoint`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     check_budget(ir, spec.target.memory)
     costs = costs or flops_costs(ir)
@@ -176,21 +262,21 @@ def search(
     a_opt = make_optimizer(list(net.arch.parameters()), _optim(settings.arch))
     ck_path = run_dir / "checkpoint.pt"
     log, arch_log = JsonLog(run_dir / "metrics.jsonl"), JsonLog(run_dir / "arch.jsonl")
+    remove_temporaries(run_dir, SEARCH_OUTPUTS)
     start = 0
+    ck = None
     if resume:
-        if not ck_path.exists():
-            raise UserError(f"{run_dir}: no checkpoint to resume from")
-        ck = load_checkpoint(ck_path)
-        if ck["meta"]["spec_hash"] != spec.spec_hash:
-            raise UserError(f"{run_dir}: the checkpoint was made from another spec")
-        net.load_state_dict(ck["net"])
-        w_opt.load_state_dict(ck["w_opt"])
-        a_opt.load_state_dict(ck["a_opt"])
-        start = int(ck["epoch"])
+        ck = checkpoint if checkpoint is not None else read_checkpoint(run_dir, spec, settings)
+    if ck is not None:
+        load_state(net, ck["net"], ck_path, f"the supernet of {spec.file}")
+        load_state(w_opt, ck["w_opt"], ck_path, "the weight optimizer of the settings")
+        load_state(a_opt, ck["a_opt"], ck_path, "the architecture optimizer of the settings")
+        start = ck["epoch"]
+        (run_dir / "result.json").unlink(missing_ok=True)
         log.truncate_after(start)
         arch_log.truncate_after(start)
-    else:
-        for f in (log.path, arch_log.path):
+    else:  # a new run (or one killed before its first checkpoint): nothing old survives
+        for f in (run_dir / "result.json", ck_path, log.path, arch_log.path):
             f.unlink(missing_ok=True)
     meta = {
         "parnasc": __version__,
@@ -198,9 +284,17 @@ def search(
         "spec_hash": spec.spec_hash,
         "settings": json.dumps(asdict(settings), sort_keys=True),
     }
-    atomic_text(
-        run_dir / "settings.json", json.dumps({**meta, "settings": asdict(settings)}, indent=1)
-    )
+    spec_file = Path(spec.file)
+    record = {
+        "format": RECORD_FORMAT,
+        "parnasc": __version__,
+        "spec": str(spec_file.resolve()) if spec_file.is_file() else spec.file,
+        "spec_hash": spec.spec_hash,
+        "settings": asdict(settings),
+        "data": None if data is None else data.model_dump(),
+        "threads": torch.get_num_threads(),
+    }
+    atomic_text(run_dir / "settings.json", json.dumps(record, indent=1) + "\n")
     total = settings.epochs * len(train)
     for epoch in range(start + 1, settings.epochs + 1):
         epoch_seed(settings.seed, epoch)
@@ -257,6 +351,7 @@ def search(
             report(
                 "epoch-end", epoch, len(train), {**row, "arch": probs_now, "labels": net.choices}
             )
+    # The final phase: each file is atomic, result.json (the completion marker) comes last.
     choices, final_probs = derive(net, ir, spec.target.memory)
     concrete_ir = prune(ir, choices)
     concrete = lower(concrete_ir)
@@ -292,4 +387,13 @@ def _cycle(loader: Any) -> Any:
         yield from loader
 
 
-__all__ = ["PAPER_RECIPE", "Settings", "derive", "memory_per_core", "search"]
+__all__ = [
+    "PAPER_RECIPE",
+    "RunRecord",
+    "Settings",
+    "derive",
+    "is_complete",
+    "memory_per_core",
+    "read_checkpoint",
+    "search",
+]

@@ -3,17 +3,20 @@ second training: the concrete network, starting from the weights reached in the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from parnasc import __version__
@@ -63,34 +66,170 @@ def atomic_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint safely (tensors and plain containers only)."""
+def load_checkpoint(path: Path, keys: tuple[str, ...] = ("net",)) -> dict[str, Any]:
+    """Load a checkpoint safely (tensors and plain containers only); it must hold `keys`."""
     try:
         ck: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
     except Exception as exc:  # torch raises several types for corrupt files
-        raise UserError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from None
+        msg = _one_line(exc)
+        if msg.startswith("Weights only load failed"):  # torch's advice does not apply here
+            msg = "not a file of tensors and plain containers"
+        raise UserError(
+            f"{path}: cannot load checkpoint, damaged or not a parnasc checkpoint "
+            f"({type(exc).__name__}: {msg})"
+        ) from None
+    if not isinstance(ck, dict):
+        raise UserError(f"{path}: not a parnasc checkpoint (a {type(ck).__name__}, not a dict)")
+    missing = [k for k in keys if k not in ck]
+    if missing:
+        raise UserError(f"{path}: not a parnasc checkpoint (no {', '.join(map(repr, missing))})")
     return ck
 
 
+def load_state(target: Any, state: Any, path: Path, what: str) -> None:
+    """`target.load_state_dict(state)` (a module or an optimizer), or a one-line UserError
+    naming `path` when the saved state does not fit `what`."""
+    try:
+        target.load_state_dict(state)
+    except Exception as exc:  # RuntimeError, KeyError, ValueError, TypeError from torch
+        raise UserError(f"{path}: does not match {what}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """The most telling sentence of an exception message (torch's span lines)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    text = lines[0].split(". ")[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def remove_temporaries(directory: Path, names: tuple[str, ...]) -> None:
+    """Remove the temporary files a `kill -9` during an atomic write of `names` left behind
+    (`files.atomic_path` writes `.NAME.<random>.tmp<suffix>` beside NAME)."""
+    for name in names:
+        for f in directory.glob(f".{name}.*.tmp*"):
+            f.unlink(missing_ok=True)
+
+
 class JsonLog:
-    """An append-only JSON-lines log that can be cut back to an epoch on resume."""
+    """A JSON-lines log, one row per epoch, that can be cut back to an epoch on resume.
+
+    Every append rewrites the file atomically, so a kill never leaves half a line; a trailing
+    partial line (from an older parnasc, or a full disk) is dropped when the log is read."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows; a damaged line other than the last is a UserError naming the file."""
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{self.path}: cannot read ({_one_line(exc)})") from None
+        out: list[dict[str, Any]] = []
+        for i, ln in enumerate(lines):
+            if not ln.strip():
+                continue
+            try:
+                row = json.loads(ln)
+                if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                    raise ValueError("not a row with an integer 'epoch'")
+            except ValueError:
+                if i == len(lines) - 1:  # cut short mid-write: drop it
+                    break
+                raise UserError(f"{self.path}:{i + 1}: damaged log line") from None
+            out.append(row)
+        return out
+
     def truncate_after(self, epoch: int) -> None:
-        if not self.path.exists():
-            return
-        keep = [
-            ln
-            for ln in self.path.read_text().splitlines()
-            if ln and json.loads(ln)["epoch"] <= epoch
-        ]
-        atomic_text(self.path, "".join(ln + "\n" for ln in keep))
+        """Keep the rows of epochs <= `epoch` (the checkpoint's) and drop the rest."""
+        if self.path.exists():
+            self._write([r for r in self.rows() if r["epoch"] <= epoch])
 
     def append(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+        self._write([*self.rows(), row])
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        atomic_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+RECORD_FORMAT = 2  # layout of settings.json / train_settings.json; bump when it changes
+R = TypeVar("R", bound=BaseModel)
+
+
+class DataRecord(BaseModel):
+    """Where a run's data came from and which of it it used, so a resume uses the same."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    source: str | None  # absolute path; None: the official archive downloaded into the cache
+    train_images: int | None = Field(ge=1)
+    test_images: int | None = Field(ge=1)
+    fingerprint: str  # sha256 of the images and labels used (see `fingerprint`)
+
+
+def fingerprint(*arrays: np.ndarray) -> str:
+    """sha256 of arrays' shapes, dtypes and bytes: the identity of the data a run used."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(a.reshape(-1).view(np.uint8).data)
+    return h.hexdigest()
+
+
+def read_record(path: Path, model: type[R], what: str) -> R:
+    """Read and validate a run record (`settings.json`, `train_settings.json`): anything
+    missing, truncated, malformed or from another format is a one-line UserError."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path.parent}: not a {what} directory (no {path.name})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({_one_line(exc)})") from None
+    except ValueError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); the file is damaged") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a JSON object, found a {type(raw).__name__}")
+    fmt = raw.get("format")
+    if fmt != RECORD_FORMAT:
+        raise UserError(
+            f"{path}: written by another version of parnasc (format {fmt!r}, this one reads "
+            f"{RECORD_FORMAT}); start a new run"
+        )
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        loc = ".".join(map(str, e["loc"])) or "(top level)"
+        raise UserError(f"{path}: {loc}: {e['msg']}") from None
+
+
+class TrainRecord(BaseModel):
+    """`train_settings.json`: everything that determines a retraining."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    format: int
+    parnasc: str
+    spec: str  # absolute path of the concrete spec
+    spec_hash: str
+    init: str  # "scratch", or the absolute path of the searched weights it started from
+    epochs: int = Field(ge=0)
+    data: DataRecord
+    threads: int = Field(ge=1)  # the default of a resume (thread counts change float sums)
+
+    def identity(self) -> dict[str, Any]:
+        """What the trained model depends on (not where files or threads were)."""
+        return self.model_dump(include={"spec_hash", "init", "epochs"}) | {
+            "data": self.data.fingerprint,
+            "images": [self.data.train_images, self.data.test_images],
+        }
 
 
 def epoch_seed(seed: int, epoch: int) -> None:
@@ -122,6 +261,19 @@ class Meter:
 Report = Callable[[str, int, int, dict[str, Any]], None]  # (phase, epoch, batch, values)
 
 
+TRAIN_OUTPUTS = ("train_settings.json", "train_checkpoint.pt", "train_metrics.jsonl", "model.pt")
+
+
+def read_train_checkpoint(out_dir: Path, epochs: int) -> dict[str, Any]:
+    """`out_dir/train_checkpoint.pt`, checked: a damaged or foreign one is a UserError."""
+    ck_path = out_dir / "train_checkpoint.pt"
+    ck = load_checkpoint(ck_path, ("epoch", "net", "opt"))
+    epoch = ck["epoch"]
+    if not isinstance(epoch, int) or not 1 <= epoch <= epochs:
+        raise UserError(f"{ck_path}: epoch {epoch!r} is outside the training's {epochs}")
+    return ck
+
+
 def retrain(
     net: nn.Module,
     train: Any,
@@ -130,23 +282,32 @@ def retrain(
     epochs: int,
     out_dir: Path,
     seed: int,
-    settings: dict[str, Any],
+    settings: Mapping[str, Any],
     report: Report | None = None,
     resume: bool = False,
+    record: TrainRecord | None = None,
 ) -> float:
-    """Train a concrete network for `epochs`, checkpointing every epoch; returns test accuracy."""
+    """Train a concrete network for `epochs`, checkpointing every epoch; returns test accuracy.
+
+    `resume` continues from `train_checkpoint.pt` when there is one. A new training first
+    removes the old checkpoint and log, then writes `record` (`train_settings.json`); the
+    finished model (`model.pt`, written last) carries the record's identity."""
     ck_path = out_dir / "train_checkpoint.pt"
     log = JsonLog(out_dir / "train_metrics.jsonl")
+    remove_temporaries(out_dir, TRAIN_OUTPUTS)
     opt = make_optimizer(list(net.parameters()), optim)
     start = 0
     if resume and ck_path.exists():
-        ck = load_checkpoint(ck_path)
-        net.load_state_dict(ck["net"])
-        opt.load_state_dict(ck["opt"])
-        start = int(ck["epoch"])
+        ck = read_train_checkpoint(out_dir, epochs)
+        load_state(net, ck["net"], ck_path, "the network of the spec")
+        load_state(opt, ck["opt"], ck_path, "the optimizer of the spec")
+        start = ck["epoch"]
         log.truncate_after(start)
-    elif not resume:
+    else:
+        ck_path.unlink(missing_ok=True)
         log.path.unlink(missing_ok=True)
+    if record is not None:
+        atomic_text(out_dir / "train_settings.json", record.model_dump_json(indent=1) + "\n")
     total = epochs * len(train)
     for epoch in range(start + 1, epochs + 1):
         epoch_seed(seed, epoch)
@@ -160,7 +321,7 @@ def retrain(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            meter.add(logits, y, {"ce": float(loss)})
+            meter.add(logits, y, {"ce": loss.detach().item()})
             if report:
                 report("train", epoch, i + 1, meter.means())
         row = {"epoch": epoch, **meter.means(), "test_acc": evaluate(net, iter(test))}
@@ -169,8 +330,8 @@ def retrain(
         if report:
             report("train-end", epoch, len(train), row)
     acc = evaluate(net, iter(test))
-    atomic_save(
-        {"net": net.state_dict(), "meta": {"parnasc": __version__, **settings, "test_acc": acc}},
-        out_dir / "model.pt",
-    )
+    meta = {"parnasc": __version__, **settings, "test_acc": acc}
+    if record is not None:
+        meta["training"] = record.identity()
+    atomic_save({"net": net.state_dict(), "meta": meta}, out_dir / "model.pt")
     return acc

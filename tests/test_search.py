@@ -1,19 +1,27 @@
 """End to end through the CLI on a small real CIFAR-10 subset: search -> derived.pnas ->
-fmt/check -> train; determinism, resume after kill -9, bad input, safe checkpoints."""
+fmt/check -> train; determinism, resume after kill -9 (and after every state a kill can
+leave, made on disk), resume keeps the recorded data and settings, bad input, safe
+checkpoints, no library warnings."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+
+# torch's first optimizer step imports torch._dynamo, which sets TORCHINDUCTOR_CACHE_DIR in
+# os.environ; importing it here does that before the leak check (conftest.py) of any test.
+import torch._dynamo
 
 from parnasc.compile import compile_file
 
@@ -59,6 +67,7 @@ search {
 }
 """
 DATA = ["--data", str(ARCHIVE), "--train-images", "1000", "--test-images", "500", "--threads", "1"]
+CORES = ["--cores", "2"]  # the spec has no target: without it the count would be this machine's
 TIMEOUT = 300
 
 
@@ -93,6 +102,7 @@ class Runs:
         self.a = root / "A"  # uninterrupted
         self.b = root / "B"  # the same again (determinism)
         self.c = root / "C"  # killed after its first checkpoint, then resumed
+        self.stderr: dict[str, str] = {}  # of the searches A and B and the resume of C
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +114,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     load_cifar10(ARCHIVE)  # decode once into the shared cache before three runs read it
     r = Runs(tmp_path_factory.mktemp("search"))
     r.spec.write_text(SMALL)
-    search = ["search", str(r.spec), *DATA]
+    search = ["search", str(r.spec), *CORES, *DATA]
     a = _start([*search, "--out", str(r.a)], r.root)
     b = _start([*search, "--out", str(r.b)], r.root)
     c = _start([*search, "--out", str(r.c)], r.root)
+    # Poll for the file (no fixed sleep); the deadline only stops a hung run. The kill lands
+    # within milliseconds of the first checkpoint, two epochs before the run could finish.
     deadline = time.monotonic() + TIMEOUT
     while not (r.c / "checkpoint.pt").exists():
         assert c.poll() is None, f"run C ended before its first checkpoint: {c.communicate()}"
@@ -116,12 +128,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     os.kill(c.pid, signal.SIGKILL)
     rc, _, _ = _finish(c)
     assert rc == -signal.SIGKILL  # killed mid-run, not finished
-    assert not (r.c / "derived.pnas").exists()
+    assert not (r.c / "result.json").exists()
     for p, name in ((a, "A"), (b, "B")):
         rc, out, err = _finish(p)
         assert rc == 0, f"search {name} failed:\n{out}\n{err}"
-    done = _run(["search", "--resume", str(r.c), "--data", str(ARCHIVE), "--threads", "1"], r.root)
+        r.stderr[name] = err
+    # Neither --data nor --threads: a resume reads its data source and thread count from
+    # settings.json (it used to try to download CIFAR-10).
+    done = _run(["search", "--resume", str(r.c)], r.root)
     assert done.returncode == 0, done.stdout + done.stderr
+    r.stderr["C"] = done.stderr
     return r
 
 
@@ -144,6 +160,7 @@ def test_train_derived_beats_chance(runs: Runs) -> None:
     derived = runs.a / "derived.pnas"
     done = _run(["train", str(derived), "--epochs", "2", *DATA], runs.root)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "Warning" not in done.stderr, done.stderr  # e.g. torch's float(loss) UserWarning
     m = re.search(r"test accuracy (\d+(?:\.\d+)?)%", done.stdout)
     assert m, done.stdout
     assert float(m.group(1)) > 10.0  # chance on 10 balanced classes
@@ -155,7 +172,15 @@ def test_same_seed_same_result(runs: Runs) -> None:
     assert (runs.a / "arch.jsonl").read_text() == (runs.b / "arch.jsonl").read_text()
 
 
+def test_search_prints_no_library_warnings(runs: Runs) -> None:
+    for name, err in runs.stderr.items():
+        assert "Warning" not in err, f"search {name}:\n{err}"
+
+
 def test_resume_after_kill_matches_uninterrupted(runs: Runs) -> None:
+    record = json.loads((runs.c / "settings.json").read_text())
+    assert record["data"]["source"] == os.path.abspath(ARCHIVE)
+    assert record["data"]["train_images"] == 1000 and record["threads"] == 1
     assert (runs.c / "derived.pnas").read_text() == (runs.a / "derived.pnas").read_text()
     arch_a = (runs.a / "arch.jsonl").read_text().splitlines()
     arch_c = (runs.c / "arch.jsonl").read_text().splitlines()
@@ -205,7 +230,7 @@ def test_missing_data_is_one_line_error(tmp_path: Path) -> None:
     spec = tmp_path / "small.pnas"
     spec.write_text(SMALL)
     missing = tmp_path / "no-such-cifar.tar.gz"
-    args = ["search", str(spec), "--data", str(missing), "--out", str(tmp_path / "r")]
+    args = ["search", str(spec), *CORES, "--data", str(missing), "--out", str(tmp_path / "r")]
     done = _run(args, tmp_path)
     line = _one_line_error(done)
     assert str(missing) in line
@@ -227,7 +252,7 @@ def test_bad_option_values_are_one_line_errors(
 ) -> None:
     spec = tmp_path / "small.pnas"
     spec.write_text(SMALL)
-    done = _run(["search", str(spec), "--data", str(ARCHIVE), *option], tmp_path)
+    done = _run(["search", str(spec), *CORES, "--data", str(ARCHIVE), *option], tmp_path)
     assert needle in _one_line_error(done)
 
 
@@ -239,6 +264,347 @@ def test_emit_and_bench_need_inputs(tmp_path: Path) -> None:
     assert "no spec given" in _one_line_error(_run(["search"], tmp_path))
 
 
+# --- resume keeps the run; every state a kill can leave; damaged files (CLI) -----------------
+
+SEARCH_FILES = (
+    "settings.json", "checkpoint.pt", "metrics.jsonl", "arch.jsonl", "searched.pt",
+    "supernet.pt", "derived.pnas", "result.json",
+)
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    """The search outputs of `src` (not what a retraining added) in a new directory."""
+    dst.mkdir()
+    for name in SEARCH_FILES:
+        shutil.copy2(src / name, dst / name)
+    return dst
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    """`parnasc ARGS` in this process, for commands that stop before any training (refusals,
+    'already complete'): no interpreter start-up; argv, env, torch's RNG and thread count are
+    restored."""
+    from parnasc.cli import main
+
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp, torch.random.fork_rng(devices=[]):
+        mp.setattr(sys, "argv", ["parnasc", *map(str, args)])
+        mp.delenv("PARNASC_DEBUG", raising=False)
+        try:
+            with pytest.raises(SystemExit) as stop:
+                main()
+        finally:
+            torch.set_num_threads(threads)
+    got = capsys.readouterr()
+    return int(stop.value.code or 0), got.out, got.err
+
+
+def _refused(capsys: pytest.CaptureFixture[str], *args: object) -> str:
+    """The one-line error of an in-process command that must fail with exit 1."""
+    rc, out, err = _cli(capsys, *args)
+    assert rc == 1, out + err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("parnasc: error: ")
+    return lines[0]
+
+
+def test_resume_of_a_complete_run_changes_nothing(
+    runs: Runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _copy_run(runs.a, tmp_path / "A")
+    before = {name: (run / name).read_bytes() for name in SEARCH_FILES}
+    same = ["--beta", "0.01", "--train-images", "1000", "--cores", "2", "--epochs", "3"]
+    for extra in ([], same):  # giving a recorded value again is no change
+        rc, out, err = _cli(capsys, "search", "--resume", run, *extra)
+        assert rc == 0, err
+        assert f"{run}: the search is already complete (3 epochs)" in out
+    assert {name: (run / name).read_bytes() for name in SEARCH_FILES} == before
+
+
+@pytest.mark.parametrize(
+    ("option", "needle"),
+    [
+        (["--beta", "0.1"], "--beta 0.1: cannot change a setting of the resumed run {run} "
+         "(recorded 0.01)"),
+        (["--train-images", "500"], "--train-images 500: cannot change a setting of the "
+         "resumed run {run} (recorded 1000)"),
+        (["--test-images", "100"], "(recorded 500)"),
+        (["--cores", "3"], "--cores 3: cannot change a setting"),
+        (["--seed", "1"], "--seed 1: cannot change a setting"),
+        (["--mode", "alternate"], "(recorded joint)"),
+        (["--recipe", "paper"], "(recorded default)"),
+        (["--epochs", "2"], "--epochs 2: cannot change a setting of the resumed run {run} "
+         "(recorded 3); --epochs can only extend a run"),
+        (["--out", "elsewhere"], "--out elsewhere: cannot change the directory"),
+        (["{other}"], "{other}: cannot change the spec of the resumed run {run}"),
+    ],
+)
+def test_resume_refuses_a_changed_setting(
+    runs: Runs, tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str],
+    needle: str,
+) -> None:
+    run = _copy_run(runs.a, tmp_path / "A")
+    other = tmp_path / "other.pnas"
+    other.write_text(SMALL.replace("epochs 3", "epochs 4"))
+    args = [a.format(other=other) for a in option]
+    line = _refused(capsys, "search", "--resume", run, *args)
+    assert needle.format(run=run, other=other) in line
+
+
+def test_resume_finds_a_moved_spec_and_data_and_checks_them(
+    runs: Runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _copy_run(runs.a, tmp_path / "A")
+    record = json.loads((run / "settings.json").read_text())
+    gone = tmp_path / "gone"
+    record["spec"] = str(gone / "small.pnas")
+    (run / "settings.json").write_text(json.dumps(record))
+    line = _refused(capsys, "search", "--resume", run)
+    assert f"was made from {gone / 'small.pnas'}, which is gone; pass SPEC" in line
+    rc, out, _ = _cli(capsys, "search", runs.spec, "--resume", run)  # the same spec, elsewhere
+    assert rc == 0 and "already complete" in out
+
+    (run / "result.json").unlink()  # unfinished, so the resume goes on to the data
+    record["spec"], record["data"]["source"] = str(runs.spec), str(gone / "cifar.tar.gz")
+    (run / "settings.json").write_text(json.dumps(record))
+    line = _refused(capsys, "search", "--resume", run)
+    assert f"{gone / 'cifar.tar.gz'}, which is gone; pass --data PATH" in line
+    record["data"]["fingerprint"] = "0" * 64  # as if --data named other images
+    (run / "settings.json").write_text(json.dumps(record))
+    rc, _, err = _cli(capsys, "search", "--resume", run, "--data", ARCHIVE)
+    assert rc == 1 and "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        f"parnasc: error: --data {ARCHIVE}: not the data run {run} was made with "
+        "(its fingerprint differs)"
+    )
+
+
+def _damage_settings(text: str, how: str) -> str:
+    record = json.loads(text)
+    if how == "truncated":
+        return text[: len(text) // 2]
+    if how == "binary":
+        return "\x00\x9f\x92\x96 not json"
+    if how == "a list":
+        return json.dumps([record])
+    if how == "no settings":
+        del record["settings"]
+    elif how == "beta a string":
+        record["settings"]["beta"] = "0.01"
+    elif how == "older format":
+        del record["format"]
+    elif how == "foreign format":
+        record["format"] = 99
+    elif how == "unknown key":
+        record["settings"]["gamma"] = 1.0
+    elif how == "bad optimizer":
+        record["settings"]["weights"]["name"] = "lion"
+    return json.dumps(record)
+
+
+@pytest.mark.parametrize(
+    ("how", "needle"),
+    [
+        ("truncated", "not valid JSON"),
+        ("binary", "not valid JSON"),
+        ("a list", "expected a JSON object, found a list"),
+        ("no settings", "settings: Field required"),
+        ("beta a string", "settings.beta: Input should be a valid number"),
+        ("older format", "written by another version of parnasc (format None"),
+        ("foreign format", "written by another version of parnasc (format 99"),
+        ("unknown key", "settings.gamma: Extra inputs are not permitted"),
+        ("bad optimizer", "settings.weights.name: Input should be"),
+    ],
+)
+def test_damaged_settings_json_is_one_line_error(
+    runs: Runs, tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str, needle: str
+) -> None:
+    run = _copy_run(runs.a, tmp_path / "A")
+    f = run / "settings.json"
+    f.write_text(_damage_settings(f.read_text(), how))
+    line = _refused(capsys, "search", "--resume", run)
+    assert f"{f}: " in line and needle in line
+
+
+def _save(obj: object, path: Path) -> None:
+    torch.save(obj, path)
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "needle"),
+    [
+        ("checkpoint.pt", "garbage", "cannot load checkpoint, damaged or not a parnasc"),
+        ("checkpoint.pt", "truncated", "cannot load checkpoint, damaged or not a parnasc"),
+        ("checkpoint.pt", "only net", "not a parnasc checkpoint (no 'epoch', 'w_opt'"),
+        ("checkpoint.pt", "a list", "not a parnasc checkpoint (a list, not a dict)"),
+        ("checkpoint.pt", "other spec", "made from another spec than"),
+        ("checkpoint.pt", "bad epoch", "epoch 7 is outside the run's 3"),
+        ("checkpoint.pt", "other net", "does not match the supernet of"),
+    ],
+)
+def test_damaged_checkpoint_on_resume_is_one_line_error(
+    runs: Runs, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, damage: str,
+    needle: str,
+) -> None:
+    run = _copy_run(runs.a, tmp_path / "A")
+    (run / "result.json").unlink()  # as if killed before the end: the resume loads it
+    f = run / name
+    _damage(f, damage)
+    rc, _, err = _cli(capsys, "search", "--resume", run)
+    assert rc == 1 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"parnasc: error: {f}: ")
+    assert needle in err.splitlines()[-1]
+
+
+def _damage(f: Path, damage: str) -> None:
+    ck = torch.load(f, weights_only=True)
+    if damage == "garbage":
+        f.write_bytes(b"this is not a checkpoint\n")
+    elif damage == "truncated":
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    elif damage == "only net":
+        _save({"net": ck["net"]}, f)
+    elif damage == "no net":
+        _save({"meta": ck.get("meta")}, f)
+    elif damage == "a list":
+        _save([ck["net"]], f)
+    elif damage == "other spec":
+        _save({**ck, "meta": {**ck["meta"], "spec_hash": "0" * 64}}, f)
+    elif damage == "bad epoch":
+        _save({**ck, "epoch": 7}, f)
+    elif damage == "other net":
+        net = dict(ck["net"])
+        net.pop(next(iter(net)))  # a key the network has is missing
+        _save({**ck, "net": net}, f)
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "command"),
+    [
+        ("searched.pt", "garbage", "train"),
+        ("searched.pt", "truncated", "train"),
+        ("searched.pt", "no net", "train"),
+        ("searched.pt", "truncated", "emit"),
+        ("searched.pt", "no net", "emit"),
+    ],
+)
+def test_damaged_weights_are_one_line_errors(
+    runs: Runs, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, damage: str,
+    command: str,
+) -> None:
+    run = _copy_run(runs.a, tmp_path / "A")
+    f = run / name
+    _damage(f, damage)
+    args = ["train", run / "derived.pnas", *DATA] if command == "train" else ["emit", run]
+    line = _refused(capsys, *args)
+    assert line.startswith(f"parnasc: error: {f}: ")
+
+
+def test_emit_of_a_damaged_model_dir_is_one_line_error(
+    runs: Runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _copy_run(runs.a, tmp_path / "A")
+    ck = torch.load(run / "searched.pt", weights_only=True)
+    _save({"net": ck["net"]}, run / "model.pt")
+    _damage(run / "model.pt", "truncated")
+    line = _refused(capsys, "emit", run)
+    assert line.startswith(f"parnasc: error: {run / 'model.pt'}: cannot load checkpoint")
+
+
+def test_edited_derived_spec_is_one_line_error(
+    runs: Runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """derived.pnas edited after the search (the stem's conv k=3 made k=5): its weights no
+    longer fit, and train and emit say so in one line instead of torch's traceback."""
+    run = _copy_run(runs.a, tmp_path / "A")
+    derived = run / "derived.pnas"
+    text = derived.read_text()
+    assert "conv(k=3, out=16, stride=2)" in text
+    derived.write_text(text.replace("conv(k=3, out=16, stride=2)", "conv(k=5, out=16, stride=2)"))
+    for args in (["train", derived, *DATA], ["emit", run]):
+        line = _refused(capsys, *args)
+        assert f"{run / 'searched.pt'}: does not match the network of {derived}" in line
+        assert "size mismatch" in line
+    ck = torch.load(run / "searched.pt", weights_only=True)
+    _save({"net": ck["net"], "meta": {"spec_hash": "0" * 64}}, run / "model.pt")  # retrained
+    line = _refused(capsys, "emit", run)  # ... from the derived.pnas before the edit
+    assert f"{run / 'model.pt'}: trained from another version of {derived}" in line
+
+
+def test_unfinished_search_is_refused_then_resumed(
+    runs: Runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Kills in the final phase leave no result.json (the completion marker, written last):
+    train and emit refuse the run; a resume derives again and ends where the uninterrupted
+    run did."""
+    run = _copy_run(runs.a, tmp_path / "A")
+    (run / "result.json").unlink()  # killed between derived.pnas and result.json
+    for args in (["train", run / "derived.pnas"], ["emit", run]):
+        line = _refused(capsys, *args)
+        assert f"{run}: the search there has not finished (no result.json); finish it with " \
+            f"'parnasc search --resume {run}'" in line
+    for name in ("derived.pnas", "supernet.pt"):  # killed right after searched.pt
+        (run / name).unlink()
+    (run / ".derived.pnas.k3j4.tmp.pnas").write_text("model sm")  # a write the kill cut short
+    done = _run(["search", "--resume", str(run)], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (run / "derived.pnas").read_text() == (runs.a / "derived.pnas").read_text()
+    res, res_a = (json.loads((d / "result.json").read_text()) for d in (run, runs.a))
+    for key in ("choices", "probabilities", "val_acc"):
+        assert res[key] == res_a[key]
+    assert not list(run.glob(".*tmp*"))
+
+
+def test_resume_with_more_epochs_extends_a_finished_run(runs: Runs, tmp_path: Path) -> None:
+    """--epochs beyond the recorded count continues from the last checkpoint and derives
+    again; --data may name the same data in another place (checked by its fingerprint)."""
+    run = _copy_run(runs.a, tmp_path / "A")
+    moved = tmp_path / "elsewhere.tar.gz"
+    moved.symlink_to(ARCHIVE)
+    done = _run(["search", "--resume", str(run), "--epochs", "4", "--data", str(moved)], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Warning" not in done.stderr
+    arch = (run / "arch.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["epoch"] for ln in arch] == [1, 2, 3, 4]
+    assert arch[:3] == (runs.a / "arch.jsonl").read_text().splitlines()
+    record = json.loads((run / "settings.json").read_text())
+    assert record["settings"]["epochs"] == 4 and record["data"]["source"] == str(moved)
+    assert "epochs=4" in (run / "derived.pnas").read_text()
+    assert (run / "result.json").is_file()
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 4
+
+
+def test_train_resume_keeps_its_settings(
+    runs: Runs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _copy_run(runs.a, tmp_path / "A")
+    derived = run / "derived.pnas"
+    line = _refused(capsys, "train", derived, "--resume")
+    assert f"{run}: not a training directory (no train_settings.json)" in line
+    done = _run(["train", str(derived), "--epochs", "1", *DATA], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Warning" not in done.stderr, done.stderr
+    rc, out, err = _cli(capsys, "train", derived, "--resume")
+    assert rc == 0, err
+    assert f"{run}: the training is already complete (1 epoch): test accuracy" in out
+    for option, needle in (
+        (["--test-images", "100"], "--test-images 100: cannot change a setting of the resumed "
+         f"training {run} (recorded 500)"),
+        (["--from-scratch"], "--from-scratch: cannot change a setting"),
+        (["--epochs", "0"], "--epochs 0: cannot change a setting"),
+    ):
+        assert needle in _refused(capsys, "train", derived, "--resume", *option)
+    done = _run(["train", str(derived), "--resume", "--epochs", "2"], tmp_path)  # no --data
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = (run / "train_metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["epoch"] for ln in rows] == [1, 2]
+    assert json.loads((run / "train_settings.json").read_text())["epochs"] == 2
+    meta = torch.load(run / "model.pt", weights_only=True)["meta"]
+    assert meta["epochs"] == 2 and meta["training"]["epochs"] == 2
+
+
 # --- resume through the API, both search modes (fast, synthetic data) ----------------------
 
 
@@ -246,8 +612,19 @@ class _Stop(Exception):
     pass
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one thread (bit-exact comparisons), the process's count restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("mode", ["joint", "alternate"])
-def test_resume_is_exact_in_both_modes(tmp_path: Path, mode: str) -> None:
+def test_resume_is_exact_in_both_modes(tmp_path: Path, mode: str, one_thread: None) -> None:
     import numpy as np
 
     from parnasc.compile import compile_source
@@ -259,7 +636,6 @@ def test_resume_is_exact_in_both_modes(tmp_path: Path, mode: str) -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (112, 3, 32, 32), dtype=np.uint8)
     y = rng.integers(0, 10, 112)
-    torch.set_num_threads(1)
 
     def loaders() -> tuple[Loader, Loader]:
         # 4 training batches per epoch against 3 held-out ones: the architecture steps of
@@ -273,11 +649,29 @@ def test_resume_is_exact_in_both_modes(tmp_path: Path, mode: str) -> None:
             raise _Stop
 
     whole = search(spec, ir, settings, *loaders(), tmp_path / "whole")
+    cut = tmp_path / "cut"
     with pytest.raises(_Stop):
-        search(spec, ir, settings, *loaders(), tmp_path / "cut", report=stop_after_second_epoch)
-    resumed = search(spec, ir, settings, *loaders(), tmp_path / "cut", resume=True)
+        search(spec, ir, settings, *loaders(), cut, report=stop_after_second_epoch)
+    # What a kill during epoch 3's log write leaves with append-only logs: half a line.
+    for log in ("metrics.jsonl", "arch.jsonl"):
+        with (cut / log).open("a") as f:
+            f.write('{"epoch": 3, "probabilities": {"l1:p1": [0.5')
+    (cut / ".checkpoint.pt.x1y2.tmp.pt").write_bytes(b"half a checkpoint")  # a killed save
+    resumed = search(spec, ir, settings, *loaders(), cut, resume=True)
     assert resumed["probabilities"] == whole["probabilities"]
-    assert (tmp_path / "cut/arch.jsonl").read_text() == (tmp_path / "whole/arch.jsonl").read_text()
+    assert (cut / "arch.jsonl").read_text() == (tmp_path / "whole/arch.jsonl").read_text()
+    assert [r["epoch"] for r in map(json.loads, (cut / "metrics.jsonl").open())] == [1, 2, 3]
+    assert not list(cut.glob(".*tmp*"))
+
+    def stop_in_first_epoch(phase: str, epoch: int, batch: int, values: object) -> None:
+        raise _Stop  # killed before the first checkpoint: only settings.json is there
+
+    early = tmp_path / "early"
+    with pytest.raises(_Stop):
+        search(spec, ir, settings, *loaders(), early, report=stop_in_first_epoch)
+    assert {f.name for f in early.iterdir()} == {"settings.json"}
+    resumed = search(spec, ir, settings, *loaders(), early, resume=True)  # starts over
+    assert resumed["probabilities"] == whole["probabilities"]
 
 
 def test_tie_removes_sync_and_latency_search_runs(tmp_path: Path) -> None:
@@ -303,7 +697,9 @@ def test_tie_removes_sync_and_latency_search_runs(tmp_path: Path) -> None:
     settings = Settings.from_spec(spec.search, 2, cost="latency", epochs=2, warmup=0, beta=1.0)
     result = search(spec, ir, settings, train, val, tmp_path / "run", costs=costs)
     assert result["cost_kind"] == "latency"
-    assert costs.fixed < result["cost"] <= costs.norm
+    # The chosen architecture costs at most the costliest one (norm); the relative 1e-6 allows
+    # for float32 rounding when they are the same architecture.
+    assert costs.fixed < result["cost"] <= costs.norm * (1 + 1e-6)
     assert (tmp_path / "run/derived.pnas").is_file()
 
 
@@ -320,7 +716,8 @@ def test_emit_run_and_bench_the_searched_model(runs: Runs, tmp_path: Path) -> No
     from parnasc.train import load_checkpoint
 
     out = tmp_path / "emit"
-    done = _run(["emit", str(runs.a), "--onnx", "-o", str(out), "--no-measure"], runs.root)
+    emit = ["emit", str(runs.a), "--onnx", "-o", str(out), "--no-measure", *CORES]
+    done = _run(emit, runs.root)
     assert done.returncode == 0, done.stdout + done.stderr
     model = onnx.load(str(out / "model.onnx"))
     props = {p.key: p.value for p in model.metadata_props}
@@ -338,6 +735,8 @@ def test_emit_run_and_bench_the_searched_model(runs: Runs, tmp_path: Path) -> No
     with torch.no_grad():
         want = net.eval()(x).numpy()
     got = ort.InferenceSession(str(out / "model.onnx")).run(None, {"input": x.numpy()})[0]
+    # Not bit-identical: the ONNX graph has BatchNorm folded into the conv weights and ORT's
+    # kernels sum in another order; float32 over these short sums stays far inside 1e-4.
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
     files = []
