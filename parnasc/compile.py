@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from parnasc import passes
-from parnasc.errors import PnasError
+from parnasc.errors import PnasError, Span
 from parnasc.ir import IR, build, gc_paused
 from parnasc.parse import Document, parse, parse_file
 from parnasc.spec import Spec, resolve
@@ -19,6 +20,8 @@ def compile_document(doc: Document) -> tuple[Spec, IR]:
             ir = passes.run(build(spec))
     except PnasError as exc:
         exc.source = doc.source
+        end = Span.end_of(doc.source)  # any diagnostic without a place: the end of the file
+        exc.diagnostics = [d if d.span else replace(d, span=end) for d in exc.diagnostics]
         raise
     return spec, ir
 

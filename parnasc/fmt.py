@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from parnasc.errors import source_lines
 from parnasc.parse import (
     Call,
     Classes,
@@ -204,7 +205,7 @@ def format_document(doc: Document) -> str:
             )
             home.lines[at].trailing.append(c.text)
     units.sort(key=lambda u: (u.start, u.end))
-    blank = [not ln.strip() for ln in doc.source.splitlines()]
+    blank = [not ln.strip() for ln in source_lines(doc.source)]
     out: list[str] = []
     prev: _Unit | None = None
     for u in units:

@@ -6,6 +6,8 @@ Syntax errors are reported in words: what was found, inside which block, what co
 from __future__ import annotations
 
 import functools
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
-from parnasc.errors import Diagnostic, PnasError, Span, did_you_mean
+from parnasc.errors import Collector, Diagnostic, PnasError, Span, did_you_mean, source_lines
 
 # --- syntax tree ---------------------------------------------------------------------------
 # Spans are excluded from equality so that parse(fmt(x)) == parse(x) compares meaning only.
@@ -409,9 +411,10 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> PnasError:
             hint = "statements end at the end of the line: no ';' is needed"
     elif token is None or token.type == "$END":
         found = "end of file"
-        line = token.end_line if token is not None and token.end_line else len(text.splitlines())
-        col = token.end_column if token is not None and token.end_column else 1
-        span = _span_at(line, col)
+        if token is not None and token.end_line and token.end_column:
+            span = _span_at(token.end_line, token.end_column)
+        else:  # pragma: no cover - Lark's end token borrows the last token's position
+            span = Span.end_of(text)
         if block is not None:
             hint = f"the '{{' of {block.words} on line {block.brace.line} has no matching '}}'"
     else:
@@ -469,6 +472,55 @@ def _missing_value(stack: list[Any], file: str) -> Diagnostic | None:
                 f"'{word}' on line {word.line} was read as the value of '{kw}'",
             )
     return None
+
+
+# --- limits on what the tree may hold ---------------------------------------------------------
+# Checked on Lark's tree before it is transformed: the transformer, the resolver and `fmt`
+# recurse once per nesting level of an expression, and Python's int() refuses long digit strings.
+
+MAX_EXPR_DEPTH = 100  # operators nested in one expression (parentheses add no depth)
+MAX_DIGITS = 300  # in one number: beyond this no value of the language is in range anyway
+_EXPR_RULES = frozenset({"add", "sub", "mul", "div", "neg"})
+
+
+def _number_problem(tok: Token) -> str | None:
+    """Why a number token cannot be read, or None."""
+    text = str(tok)
+    if tok.type == "FLOAT":
+        return None if math.isfinite(float(text)) else "number too large (beyond 1.8e308)"
+    if tok.type in ("INT", "DIMS", "SIZE"):
+        digits = max(len(d) for d in re.findall(r"\d+", text))
+        if digits > MAX_DIGITS:
+            return f"number too long: more than {MAX_DIGITS} digits"
+    return None
+
+
+def _check_limits(tree: Tree[Token], file: str, source: str) -> None:
+    """Reject expressions nested too deeply and numbers that cannot be read, with their spans.
+
+    Iterative, so that the check itself cannot exhaust the stack."""
+    err = Collector(file, source)
+    # (node, depth in its expression, the expression's outermost node)
+    todo: list[tuple[Tree[Token] | Token, int, Tree[Token] | None]] = [(tree, 0, None)]
+    while todo:
+        node, depth, top = todo.pop()
+        if isinstance(node, Token):
+            if (problem := _number_problem(node)) is not None:
+                err.error(problem, _tok_span(node))
+            continue
+        if node.data in _EXPR_RULES:
+            depth, top = depth + 1, top or node
+            if depth > MAX_EXPR_DEPTH:
+                err.error(
+                    f"expression nested more than {MAX_EXPR_DEPTH} operators deep",
+                    _span_of(top.meta),
+                    "split it into named parts with 'const' statements",
+                )
+                continue
+        else:
+            depth, top = 0, None
+        todo.extend((c, depth, top) for c in node.children if c is not None)
+    err.raise_if_any()
 
 
 # --- tree -> syntax tree ---------------------------------------------------------------------
@@ -616,7 +668,8 @@ def parse(text: str, file: str = "<input>") -> Document:
         tree: Tree[Token] = parser.parse(text)
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text, file) from None
-    lines = text.splitlines()
+    _check_limits(tree, file, text)
+    lines = source_lines(text)
     comments = []
     for tok in _COMMENTS:
         line = tok.line or 1
@@ -628,12 +681,28 @@ def parse(text: str, file: str = "<input>") -> Document:
 
 
 def parse_file(path: str | Path) -> Document:
-    """Read and parse a .pnas file."""
-    p = Path(path)
+    """Read and parse a .pnas file (line ends as Python's text mode reads them: \\r\\n and \\r
+    become \\n)."""
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
+        data = Path(path).read_bytes()
+    except OSError as exc:  # no text to point into: the one diagnostic without a line
         raise PnasError([Diagnostic(f"cannot read file: {exc.strerror}", str(path))]) from None
-    except UnicodeDecodeError:
-        raise PnasError([Diagnostic("file is not UTF-8 text", str(path))]) from None
+    try:
+        text = _universal_newlines(data.decode("utf-8-sig"))  # a leading BOM is dropped
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(data, exc.start, str(path)) from None
     return parse(text, str(path))
+
+
+def _universal_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _not_utf8(data: bytes, pos: int, file: str) -> PnasError:
+    """`file is not UTF-8 text`, pointing at the first byte that is not."""
+    before = _universal_newlines(data[:pos].decode("utf-8"))
+    line = before.count("\n") + 1
+    column = len(before) - (before.rfind("\n") + 1) + 1
+    shown = _universal_newlines(data.decode("utf-8", errors="replace"))
+    where = Span.point(line, column)
+    return PnasError([Diagnostic("file is not UTF-8 text", file, where, "save it as UTF-8")], shown)

@@ -7,6 +7,7 @@ at the .pnas line. Independent errors are collected and reported together.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from fractions import Fraction
 from typing import Any, Literal
@@ -50,6 +51,10 @@ from parnasc.parse import (
 
 MAX_PATHS = 64
 MAX_PARAM = 1_000_000  # no operation parameter is larger: guards shape and cost arithmetic
+MAX_INPUT_VALUES = 2**26  # C*H*W of one input sample (256 MiB of float32), e.g. 3x4096x4096
+MAX_LEVELS = 10_000  # levels after repeats are expanded
+MAX_BLOCKS = 2**16  # levels x paths: bounds the size of the IR and the time to build it
+MAX_NUMBER = 10**300  # larger intermediate values are an error (they stay printable as floats)
 SYNC_MODES = ("always", "search", "none")
 
 
@@ -180,7 +185,9 @@ Number = int | float | Fraction  # Fraction: an int / int that does not divide e
 
 
 def _show(v: Any) -> str:
-    """A value as the user would write it."""
+    """A value as the user would write it; a number of more than 30 digits abbreviated."""
+    if isinstance(v, int | Fraction) and not -(10**30) < v < 10**30:
+        return f"{float(v):.3g}"
     if isinstance(v, Fraction):
         return f"{v.numerator}/{v.denominator}"
     if isinstance(v, str):
@@ -237,10 +244,13 @@ class _Resolver:
             self.err.error("division by zero", e.right.span, hint)
             return None
         try:
-            return _arith(e.op, a, b)
+            v = _arith(e.op, a, b)
         except OverflowError:
-            self.err.error("number too large", e.span)
+            v = math.inf
+        if (problem := _out_of_range(v)) is not None:
+            self.err.error(problem, e.span)
             return None
+        return v
 
     def integer(
         self, e: Expr, what: str, lo: int = 1, hi: int | None = None, hint: str | None = None
@@ -254,7 +264,7 @@ class _Resolver:
         n = int(v)
         if n < lo or (hi is not None and n > hi):
             rng = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
-            self.err.error(f"{what} must be {rng}, got {n}", e.span, hint)
+            self.err.error(f"{what} must be {rng}, got {_show(n)}", e.span, hint)
             return None
         return n
 
@@ -274,7 +284,7 @@ class _Resolver:
             try:
                 return float(n)
             except OverflowError:
-                self.err.error("number too large", v.span)
+                self.err.error("number too large (beyond 1.8e308)", v.span)
                 return None
         return n
 
@@ -465,7 +475,7 @@ class _Resolver:
             try:
                 v = float(v)
             except OverflowError:
-                self.err.error("number too large", a.value.span)
+                self.err.error("number too large (beyond 1.8e308)", a.value.span)
                 return None
         if abs(v) > MAX_PARAM:
             self.err.error(
@@ -486,6 +496,15 @@ class _Resolver:
     # -- statements ------------------------------------------------------------------------
 
     def resolve(self) -> Spec | None:
+        if not self.doc.stmts:  # empty, blank, or only comments: one error, not three
+            what = "only comments" if self.doc.comments else "nothing"
+            self.err.error(
+                f"the spec has no statements (the file holds {what})",
+                Span.end_of(self.doc.source),
+                "start with e.g. model mynet, input 3x32x32, classes 10, paths 2; "
+                "then levels and a head",
+            )
+            self.err.raise_if_any()
         header: dict[str, Any] = {}
         spans: dict[str, Span] = {}
         value_spans: dict[str, Span | None] = {}
@@ -504,6 +523,21 @@ class _Resolver:
             seen[key] = span
             if span is not None:
                 spans[key] = span
+            return True
+
+        too_many_reported: list[bool] = []
+
+        def too_many(more: int, span: Span | None) -> bool:
+            """Adding `more` levels would pass MAX_LEVELS: report it (once) at `span`."""
+            if len(levels) + more <= MAX_LEVELS:
+                return False
+            if not too_many_reported:
+                too_many_reported.append(True)
+                self.err.error(
+                    f"the spec has {len(levels) + more} levels once repeats are expanded; "
+                    f"at most {MAX_LEVELS}",
+                    span,
+                )
             return True
 
         def add_sync(s: Sync) -> None:
@@ -528,11 +562,17 @@ class _Resolver:
                 header["name"] = st.name
             elif isinstance(st, Input) and once("input", st.span):
                 dims = (st.channels, st.height, st.width)
-                if min(dims) < 1 or max(dims) > 1_000_000:
+                shown = "x".join(map(str, dims))
+                if min(dims) < 1:
                     self.err.error(
-                        "input dimensions must be between 1 and 1000000, got "
-                        + "x".join(map(str, dims)),
+                        f"input dimensions must be at least 1, got {shown}", st.dims_span
+                    )
+                elif math.prod(dims) > MAX_INPUT_VALUES:
+                    self.err.error(
+                        f"input {shown} has {_show(math.prod(dims))} values per sample; "
+                        f"at most {MAX_INPUT_VALUES}",
                         st.dims_span,
+                        "e.g. 3x4096x4096; downscale the data before training",
                     )
                 header["input"] = (st.channels, st.height, st.width)
             elif isinstance(st, Classes) and once("classes", st.span):
@@ -549,12 +589,17 @@ class _Resolver:
             elif isinstance(st, Stem) and once("stem", st.span):
                 stem = st
             elif isinstance(st, Level):
+                if too_many(1, st.name_span):
+                    continue
                 levels.append((st, 0))
             elif isinstance(st, Sync):
                 add_sync(st)
             elif isinstance(st, Repeat):
                 n = self.integer(st.count, "repeat count", 1, 10_000)
-                for i in range(1, (n or 0) + 1):
+                per_copy = sum(isinstance(item, Level) for item in st.body)
+                if n is None or too_many(n * per_copy, st.count.span):
+                    continue
+                for i in range(1, n + 1):
                     for item in st.body:
                         if isinstance(item, Level):
                             levels.append((item, i))
@@ -565,12 +610,13 @@ class _Resolver:
             elif isinstance(st, Search) and once("search", st.span):
                 search, _ = self.section(st.settings, SearchSpec, "search")
 
+        end = Span.end_of(self.doc.source)  # where file-level errors point
         missing = [k for k in ("model", "input", "classes", "paths") if k not in seen]
         if missing:
             names = _join_words([f"'{k}'" for k in missing])
             self.err.error(
                 f"missing {names} statement{'s' if len(missing) > 1 else ''}",
-                None,
+                end,
                 "e.g. " + ", ".join(_EXAMPLES[k] for k in missing),
             )
         if "classes" not in header or header["classes"] is None:
@@ -578,12 +624,20 @@ class _Resolver:
         if not any(isinstance(st, Level | Repeat) for st in self.doc.stmts):
             self.err.error(
                 "a spec needs at least one level",
-                None,
+                end,
                 "e.g. level l1 { out 16  ops conv(k=3) | conv(k=5) }",
             )
         if head is None:
-            self.err.error("missing 'head' section", None, "e.g. head { gap  fc(out=classes) }")
+            self.err.error("missing 'head' section", end, "e.g. head { gap  fc(out=classes) }")
         paths = header.get("paths")
+        if paths is not None and len(levels) * paths > MAX_BLOCKS:
+            self.err.error(
+                f"{len(levels)} levels x {paths} paths is {len(levels) * paths} blocks; "
+                f"at most {MAX_BLOCKS}",
+                value_spans.get("paths"),
+                "use fewer levels (smaller repeat counts) or fewer paths",
+            )
+            levels = []  # too large to check level by level
         cores = target.cores if target is not None else None
         if paths is not None and cores is not None and paths > cores:
             self.err.error(
@@ -855,6 +909,17 @@ def _arith(op: str, a: Number, b: Number) -> Number:
     if isinstance(a, int | Fraction) and isinstance(b, int | Fraction):
         return _norm(Fraction(a) / Fraction(b))
     return float(a) / float(b)
+
+
+def _out_of_range(v: Number) -> str | None:
+    """Why a computed value is unusable (it would overflow a float or print unreadably), or None."""
+    if isinstance(v, float):
+        return None if math.isfinite(v) else "number too large (beyond 1.8e308)"
+    if not -MAX_NUMBER <= v <= MAX_NUMBER:
+        return "number too large (beyond 1e300)"
+    if isinstance(v, Fraction) and v.denominator > MAX_NUMBER:
+        return "number too small (a fraction whose denominator passes 1e300)"
+    return None
 
 
 def _whole(v: Number) -> bool:

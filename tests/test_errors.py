@@ -18,7 +18,7 @@ import pytest
 
 from parnasc import cli
 from parnasc.compile import compile_source
-from parnasc.errors import Collector, Diagnostic, PnasError, Span, did_you_mean
+from parnasc.errors import Collector, Diagnostic, PnasError, Span, did_you_mean, source_lines
 
 RunCli = Callable[..., subprocess.CompletedProcess[str]]  # the `run_cli` fixture (conftest.py)
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +51,9 @@ def test_golden(
         golden.write_text(err, encoding="utf-8")
     assert err == golden.read_text(encoding="utf-8")
     assert "Traceback" not in err
-    source = (ERRORS / f"{name}.pnas").read_text(encoding="utf-8").splitlines()
+    source = source_lines((ERRORS / f"{name}.pnas").read_text(encoding="utf-8"))
+    headers = [ln for ln in err.splitlines() if ": error: " in ln]
+    assert headers and all(LOCATED.match(h) for h in headers), err  # every error is located
     for m in LOCATED.finditer(err):  # every location exists in the file
         assert m["file"] == f"{name}.pnas"
         line, col = int(m["line"]), int(m["col"])
@@ -63,8 +65,9 @@ def test_golden_set_is_complete() -> None:
     assert len(CASES) >= 30
     errs = {p.stem for p in ERRORS.glob("*.err")}
     assert errs == set(CASES), "each .pnas needs its .err and no .err may be stale"
-    for name in CASES:  # each case says what is wrong in its first line
-        assert (ERRORS / f"{name}.pnas").read_text().startswith("# ")
+    for name in CASES:  # each case says what is wrong in its first line (the empty file aside)
+        text = (ERRORS / f"{name}.pnas").read_text(encoding="utf-8")
+        assert text.startswith("# ") or (name == "empty" and text == "")
 
 
 def test_three_independent_errors_in_one_run() -> None:
@@ -118,8 +121,10 @@ def test_unreadable_file_is_a_user_error(run_cli: RunCli, tmp_path: Path) -> Non
     res = run_cli("check", "missing.pnas", "latin.pnas", cwd=tmp_path)
     assert res.returncode == 1
     assert "Traceback" not in res.stderr
-    assert "missing.pnas: error: cannot read file" in res.stderr
-    assert "latin.pnas: error: file is not UTF-8 text" in res.stderr
+    assert "missing.pnas: error: cannot read file" in res.stderr  # no text: no line to name
+    assert "latin.pnas:1:10: error: file is not UTF-8 text\n  model caf\ufffd\n           ^\n" in (
+        res.stderr
+    )
 
 
 # --- Diagnostic and Collector ----------------------------------------------------------------
@@ -151,10 +156,11 @@ def test_collector_sorts_and_drops_exact_duplicates() -> None:
     c.error("b", late)
     c.error("b", late)  # a repeated level reports the same fault once
     c.error("a", early)
-    c.error("no place")
+    c.error("no place")  # with the source known: at the end of the file, so last
     with pytest.raises(PnasError) as info:
         c.raise_if_any()
-    assert [d.message for d in info.value.diagnostics] == ["no place", "a", "b"]
+    assert [d.message for d in info.value.diagnostics] == ["a", "b", "no place"]
+    assert info.value.diagnostics[-1].span == Span.point(2, 2)
     Collector("f.pnas").raise_if_any()  # nothing collected: no error
 
 
@@ -209,4 +215,84 @@ def test_failed_constant_is_reported_once() -> None:
         )
     messages = [d.message for d in info.value.diagnostics]
     # `classes` is missing and `w` failed: neither cascades into "unknown constant"
-    assert messages == ["missing 'classes' statement", "division by zero"]
+    assert messages == ["division by zero", "missing 'classes' statement"]
+
+
+# --- file-level errors, odd characters, long lines ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "where"),
+    [
+        ("", (1, 1)),
+        ("\n\n  \n", (1, 1)),
+        ("# a\n# bc\n", (2, 5)),
+        ("# a\n# bc", (2, 5)),  # cut short inside a comment
+        ("model m\n\n\n", (1, 8)),
+        ("model m\r\n", (1, 8)),
+    ],
+)
+def test_end_of_file_span(source: str, where: tuple[int, int]) -> None:
+    assert Span.end_of(source) == Span.point(*where)
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "where"),
+    [
+        ("", "the spec has no statements (the file holds nothing)", "1:1"),
+        (" \n\t\n", "the spec has no statements (the file holds nothing)", "1:1"),
+        ("# only\n# comments\n", "no statements (the file holds only comments)", "2:11"),
+        ("model m\ninput 3x32x32\n", "missing 'classes' and 'paths' statements", "2:14"),
+    ],
+)
+def test_file_level_errors_are_located(text: str, message: str, where: str) -> None:
+    with pytest.raises(PnasError) as info:
+        compile_source(text, "t.pnas")
+    assert any(message in d.message for d in info.value.diagnostics), str(info.value)
+    for d in info.value.diagnostics:
+        assert d.span is not None
+        first = d.render(text).splitlines()[0]
+        assert re.match(r"^t\.pnas:\d+:\d+: error: ", first), first
+    hit = next(d for d in info.value.diagnostics if message in d.message)
+    assert str(hit.span) == where
+
+
+def test_empty_file_renders_without_an_excerpt() -> None:
+    with pytest.raises(PnasError) as info:
+        compile_source("", "t.pnas")
+    assert str(info.value) == (
+        "t.pnas:1:1: error: the spec has no statements (the file holds nothing)\n"
+        "  hint: start with e.g. model mynet, input 3x32x32, classes 10, paths 2; "
+        "then levels and a head"
+    )
+
+
+def test_render_counts_lines_as_the_parser_does() -> None:
+    """U+2028, U+0085, form feeds and CR do not end a line for Lark: the excerpt must agree."""
+    source = "# a\u2028b\x85c\x0cd\re\nout 0\n"
+    d = Diagnostic("bad", "f.pnas", Span.point(2, 5))
+    assert d.render(source).splitlines()[1:] == ["  out 0", "      ^"]
+
+
+def test_render_blanks_control_characters() -> None:
+    d = Diagnostic("bad", "f.pnas", Span.point(1, 3))
+    assert d.render("a\x00b\tc\r\n").splitlines()[1:] == ["  a b c", "    ^"]
+
+
+def test_render_cuts_long_lines_around_the_caret() -> None:
+    line = "x" * 300 + "!" + "y" * 300
+    d = Diagnostic("bad", "f.pnas", Span(line=1, column=301, end_line=1, end_column=400))
+    _, text, caret = d.render(line).splitlines()
+    assert text.startswith("  ...x") and text.endswith("y...")
+    assert text[caret.index("^")] == "!"
+    assert len(text) < 120 and len(caret) < 120
+
+
+def test_byte_order_mark_and_crlf_are_read(tmp_path: Path) -> None:
+    spec = (ROOT / "examples" / "tiny.pnas").read_text(encoding="utf-8")
+    f = tmp_path / "bom.pnas"
+    f.write_bytes(b"\xef\xbb\xbf" + spec.replace("\n", "\r\n").encode())
+    from parnasc.compile import compile_file
+
+    spec_, _ = compile_file(f)
+    assert spec_.name == "tiny"

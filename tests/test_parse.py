@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -163,7 +164,13 @@ def test_syntax_error_wording(text: str, expected: str) -> None:
 RAW = re.compile(r"\b(NAME|INT|FLOAT|SIZE|DIMS|RBRACE|LBRACE|VBAR|LPAR|RPAR|COMMA|\$END)\b")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,  # the same examples on every run and machine
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_damaged_specs_fail_cleanly(data: st.DataObject) -> None:
     """Delete, insert or swap a piece of a valid spec: only ever a located, worded PnasError."""
@@ -186,8 +193,8 @@ def test_damaged_specs_fail_cleanly(data: st.DataObject) -> None:
         lines = bad.splitlines()
         for d in exc.diagnostics:
             assert not RAW.search(d.message), d.message
-            if d.span is not None:
-                assert 1 <= d.span.line <= max(1, len(lines))
+            assert d.span is not None, d.message  # every diagnostic names its line
+            assert 1 <= d.span.line <= max(1, len(lines))
         assert str(exc)  # renders
 
 
@@ -218,3 +225,43 @@ def test_fractions_in_values() -> None:
     spec, _ = compile_source(MINI.replace("out 8", "out 16/2") + "search { alpha 1/4 }\n")
     assert spec.levels[0].out == 8
     assert spec.search.alpha == 0.25
+
+
+# --- limits checked on the tree -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [lambda n: "-" * n + "8", lambda n: " + ".join(["1"] * (n + 1))])
+def test_expression_depth_limit(make: Any) -> None:
+    """MAX_EXPR_DEPTH operators deep parse, format and resolve; one more is a located error
+    (not a RecursionError from the transformer, the resolver or fmt)."""
+    ok = MINI.replace("out 8", f"out {make(P.MAX_EXPR_DEPTH)}")
+    doc = P.parse(ok)
+    assert P.parse(format_document(doc)).stmts == doc.stmts
+    spec, _ = compile_source(ok)
+    assert spec.levels[0].out in (8, P.MAX_EXPR_DEPTH + 1)
+    with pytest.raises(PnasError) as info:
+        P.parse(MINI.replace("out 8", f"out {make(P.MAX_EXPR_DEPTH + 1)}"), "t.pnas")
+    (d,) = info.value.diagnostics
+    assert d.message == f"expression nested more than {P.MAX_EXPR_DEPTH} operators deep"
+    assert d.span is not None and (d.span.line, d.span.column) == (6, 7)
+
+
+def test_parentheses_alone_add_no_depth() -> None:
+    doc = P.parse(MINI.replace("out 8", "out " + "(" * 1000 + "8" + ")" * 1000))
+    assert P.parse(format_document(doc)).stmts == doc.stmts
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("1e309", "number too large (beyond 1.8e308)"),  # read as inf, printed back as a name
+        ("9" * (P.MAX_DIGITS + 1), f"number too long: more than {P.MAX_DIGITS} digits"),
+    ],
+)
+def test_unreadable_numbers_are_located(value: str, message: str) -> None:
+    with pytest.raises(PnasError) as info:
+        P.parse(MINI.replace("out 8", f"out {value}"), "t.pnas")
+    (d,) = info.value.diagnostics
+    assert d.message == message
+    assert d.span is not None and (d.span.line, d.span.column) == (6, 7)
+    P.parse(MINI.replace("out 8", "out " + "9" * P.MAX_DIGITS))  # the longest that is read
