@@ -536,6 +536,8 @@ def train_cmd(
 
     Example: parnasc train runs/cifar-s0/derived.pnas --data cifar10.tar.gz
     """
+    import uuid
+
     from parnasc.compile import compile_file
     from parnasc.display import Display
     from parnasc.lower import lower
@@ -597,13 +599,14 @@ def train_cmd(
             return
         if (out_dir / "train_checkpoint.pt").exists():
             read_train_checkpoint(out_dir, n_epochs)  # before the data: fail fast
-        init = record.init
+        init, run_id = record.init, record.run_id
         data_path = _resumed_data(what, record.data, data)
         n_train, n_test = record.data.train_images, record.data.test_images
         threads = threads or record.threads
     else:
         n_epochs = epochs if epochs is not None else s.search.retrain_epochs
         init = "scratch" if from_scratch else str(_abs(spec.parent / "searched.pt"))
+        run_id = uuid.uuid4().hex
         data_path, n_train, n_test = data, train_images, test_images
     _check_shape(s.input)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -635,6 +638,7 @@ def train_cmd(
     new_record = TrainRecord(
         format=RECORD_FORMAT,
         parnasc=__version__,
+        run_id=run_id,
         spec=str(_abs(spec)),
         spec_hash=s.spec_hash,
         init=init,

@@ -217,6 +217,7 @@ class TrainRecord(BaseModel):
 
     format: int
     parnasc: str
+    run_id: str  # new for every training started without --resume
     spec: str  # absolute path of the concrete spec
     spec_hash: str
     init: str  # "scratch", or the absolute path of the searched weights it started from
@@ -225,11 +226,9 @@ class TrainRecord(BaseModel):
     threads: int = Field(ge=1)  # the default of a resume (thread counts change float sums)
 
     def identity(self) -> dict[str, Any]:
-        """What the trained model depends on (not where files or threads were)."""
-        return self.model_dump(include={"spec_hash", "init", "epochs"}) | {
-            "data": self.data.fingerprint,
-            "images": [self.data.train_images, self.data.test_images],
-        }
+        """Which training (and how long) a `model.pt` is the result of: a model left by an
+        earlier training in the same directory does not pass for this one."""
+        return self.model_dump(include={"run_id", "spec_hash", "init", "epochs"})
 
 
 def epoch_seed(seed: int, epoch: int) -> None:

@@ -603,6 +603,14 @@ def test_train_resume_keeps_its_settings(
     assert json.loads((run / "train_settings.json").read_text())["epochs"] == 2
     meta = torch.load(run / "model.pt", weights_only=True)["meta"]
     assert meta["epochs"] == 2 and meta["training"]["epochs"] == 2
+    # A new training with the same settings, killed before its end, has another run_id: the
+    # model.pt the last one left does not pass for its result, so --resume continues it.
+    from parnasc.cli import _trained
+    from parnasc.train import TrainRecord, read_record
+
+    record = read_record(run / "train_settings.json", TrainRecord, "training")
+    assert _trained(run, record) == meta["test_acc"]
+    assert _trained(run, record.model_copy(update={"run_id": "started later"})) is None
 
 
 # --- resume through the API, both search modes (fast, synthetic data) ----------------------
