@@ -382,6 +382,7 @@ def search_cmd(
                 f"{spec_path}: changed since {what} began (its sha256 differs from the "
                 "recorded one); restore it, or start a new run"
             )
+        s = s.model_copy(update={"file": record.spec_file})  # outputs name it as at the start
         settings = replace(old, epochs=epochs or old.epochs)
         _validate(settings)
         if is_complete(resume) and settings.epochs == old.epochs:
@@ -457,6 +458,7 @@ def search_cmd(
             report=display,
             data=data_rec,
             checkpoint=checkpoint,
+            spec_path=spec_path,
         )
     print(f"search done: validation accuracy {result['val_acc']:.2%}")
     for k, v in result["choices"].items():

@@ -121,6 +121,7 @@ class RunRecord(BaseModel):
     format: int
     parnasc: str
     spec: str  # absolute path of the supernet spec
+    spec_file: str  # the spec as named when the run began (derived.pnas's header names it)
     spec_hash: str
     settings: _SettingsRecord
     data: DataRecord | None  # None: a run made through the API with its own loaders
@@ -245,6 +246,7 @@ def search(
     report: Report | None = None,
     data: DataRecord | None = None,
     checkpoint: dict[str, Any] | None = None,
+    spec_path: Path | None = None,
 ) -> dict[str, Any]:
     """Run the search into `run_dir`; returns a summary (choices, probabilities, accuracy).
 
@@ -252,7 +254,8 @@ def search(
     `settings.epochs`, which may extend a finished run. A kill at any point leaves a state a
     resume continues from: the completion marker `result.json` is removed before training
     and written after every derived output; the logs are cut back to the checkpoint.
-    `checkpoint` is the run's checkpoint when the caller already read it (`read_checkpoint`)."""
+    `checkpoint` is the run's checkpoint when the caller already read it (`read_checkpoint`);
+    `spec_path` is where the spec's file is now (default: `spec.file`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     check_budget(ir, spec.target.memory)
     costs = costs or flops_costs(ir)
@@ -284,11 +287,12 @@ def search(
         "spec_hash": spec.spec_hash,
         "settings": json.dumps(asdict(settings), sort_keys=True),
     }
-    spec_file = Path(spec.file)
+    spec_file = Path(spec_path or spec.file)
     record = {
         "format": RECORD_FORMAT,
         "parnasc": __version__,
-        "spec": str(spec_file.resolve()) if spec_file.is_file() else spec.file,
+        "spec": str(spec_file.resolve()) if spec_file.is_file() else str(spec_file),
+        "spec_file": spec.file,
         "spec_hash": spec.spec_hash,
         "settings": asdict(settings),
         "data": None if data is None else data.model_dump(),

@@ -114,7 +114,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     load_cifar10(ARCHIVE)  # decode once into the shared cache before three runs read it
     r = Runs(tmp_path_factory.mktemp("search"))
     r.spec.write_text(SMALL)
-    search = ["search", str(r.spec), *CORES, *DATA]
+    search = ["search", r.spec.name, *CORES, *DATA]  # relative: a resume names it the same
     a = _start([*search, "--out", str(r.a)], r.root)
     b = _start([*search, "--out", str(r.b)], r.root)
     c = _start([*search, "--out", str(r.c)], r.root)
