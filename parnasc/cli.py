@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover - older typer
 
 from parnasc import __version__
 from parnasc.errors import OptionError, PnasError, UserError
-from parnasc.files import atomic_path
+from parnasc.files import atomic_path, recover_dir, replace_dir
 from parnasc.files import write_text as _atomic_write
 
 app = typer.Typer(
@@ -763,7 +763,7 @@ def emit(
     if s.paths > n_cores:
         raise OptionError(f"--cores {n_cores}: the model has {s.paths} paths; it needs {s.paths}")
     out_dir = out or (run / "emit" if run.is_dir() else Path("build") / s.name / "emit")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_emit_dir(out_dir)
     meta = {
         "parnasc.version": __version__,
         "parnasc.spec_hash": s.spec_hash,
@@ -771,16 +771,29 @@ def emit(
         "parnasc.architecture": (run / "derived.pnas" if run.is_dir() else spec).read_text(),
     }
     _err(f"exporting {s.name} and measuring the schedule on {n_cores} cores...")
-    sched = compile_model_dir(
-        net, s.input, out_dir, n_cores, meta, measure=not no_measure, quiet=True
-    )
-    _atomic_write(out_dir / "model.pnas", spec.read_text(encoding="utf-8"))
-    atomic_save({"net": net.state_dict()}, out_dir / "weights.pt")
+    with replace_dir(out_dir) as stage:  # the directory changes as a whole or not at all
+        sched = compile_model_dir(
+            net, s.input, stage, n_cores, meta, measure=not no_measure, quiet=True
+        )
+        (stage / "model.pnas").write_text(spec.read_text(encoding="utf-8"), encoding="utf-8")
+        atomic_save({"net": net.state_dict()}, stage / "weights.pt")
     _remember(emit=out_dir)
     print(
         f"wrote {out_dir / 'model.onnx'}, {out_dir / 'schedule.json'} (plan {sched['plan']}, "
         f"expected {sched['expected_us'] / 1000:.3f} ms at batch 1)"
     )
+
+
+def _check_emit_dir(out_dir: Path) -> None:
+    """Emit replaces its output directory whole: refuse one that holds anything else."""
+    recover_dir(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OptionError(f"--out {out_dir}: not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "schedule.json").exists():
+        raise OptionError(
+            f"--out {out_dir}: the directory holds other files and emit replaces it whole; "
+            "give a new or an emitted directory"
+        )
 
 
 @app.command("run")

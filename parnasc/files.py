@@ -101,6 +101,7 @@ def replace_dir(path: Path) -> Iterator[Path]:
 
     The swap is two renames (old aside, new in); a kill between them leaves the complete old
     directory aside, which the next :func:`replace_dir` or :func:`recover_dir` puts back.
+    One writer at a time: a second one would take the first one's staging for a leftover.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -40,9 +40,14 @@ def run_cli() -> RunCli:
     return run
 
 
+# Environment variables that are not a test's doing: pytest's own, and torch's inductor cache
+# directory, which torch sets the first time an optimizer steps in a process.
+_ENV_NOT_STATE = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"}
+
+
 def _global_state() -> dict[str, object]:
     """Process-wide settings a test could change and leave behind for later tests."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    env = {k: v for k, v in os.environ.items() if k not in _ENV_NOT_STATE}
     state: dict[str, object] = {"cwd": os.getcwd(), "env": env}
     if hasattr(os, "sched_getaffinity"):
         state["affinity"] = os.sched_getaffinity(0)
@@ -63,7 +68,7 @@ def _no_leaked_global_state() -> Iterator[None]:
     if not leaked:
         return
     os.chdir(str(before["cwd"]))
-    for k in set(os.environ) - set(before["env"]) - {"PYTEST_CURRENT_TEST"}:  # type: ignore[arg-type]
+    for k in set(os.environ) - set(before["env"]) - _ENV_NOT_STATE:  # type: ignore[arg-type]
         del os.environ[k]
     os.environ.update(before["env"])  # type: ignore[arg-type]
     if "affinity" in leaked:

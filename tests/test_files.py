@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -16,6 +17,7 @@ from parnasc.files import atomic_path, recover_dir, replace_dir, write_bytes, wr
 
 RunCli = Callable[..., subprocess.CompletedProcess[str]]  # the `run_cli` fixture (conftest.py)
 ROOT = Path(__file__).resolve().parents[1]
+PARNASC = Path(sys.executable).with_name("parnasc")
 
 
 def _mode(p: Path) -> int:
@@ -139,3 +141,45 @@ def test_recover_dir_after_a_kill_between_the_renames(tmp_path: Path) -> None:
     recover_dir(out)
     assert (out / "schedule.json").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emit"]
+
+
+def _emitted_whole(d: Path) -> bool:
+    """An emitted directory is whole: its schedule parses and names files that all exist."""
+    sched = json.loads((d / "schedule.json").read_text())
+    files = {"model.onnx", "model.pnas", "weights.pt", *(s["file"] for s in sched["segments"])}
+    return all((d / f).is_file() for f in files)
+
+
+def test_emit_replaces_its_directory_whole(tmp_path: Path, run_cli: RunCli) -> None:
+    out = tmp_path / "emit"
+    spec = ROOT / "examples" / "cifar_arch.pnas"
+    args = ("emit", spec, "-o", out, "--cores", "2")
+    r = run_cli(*args, "--no-measure", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert _emitted_whole(out)
+    out.chmod(0o750)
+    # kill -9 a measuring emit over the first one at varied moments: the directory is always
+    # the old whole one or the new whole one, never a mix
+    for delay in (0.5, 2.0, 4.0):
+        p = subprocess.Popen([str(PARNASC), *map(str, args)], cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            p.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=30)
+        if not out.exists():  # killed between the two renames: the next emit puts it back
+            recover_dir(out)
+        assert _emitted_whole(out) and _mode(out) == 0o750
+    r = run_cli(*args, "--no-measure", cwd=tmp_path)
+    assert r.returncode == 0 and _emitted_whole(out), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".parnasc", "emit"]
+
+
+def test_emit_refuses_a_directory_it_did_not_make(tmp_path: Path, run_cli: RunCli) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")
+    r = run_cli("emit", ROOT / "examples" / "cifar_arch.pnas", "-o", tmp_path, "--no-measure",
+                cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"parnasc: error: --out {tmp_path}: the directory holds other")
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
