@@ -4,9 +4,16 @@ Lane 0 is the calling thread (pinned to the first allowed CPU for the duration o
 :meth:`Runtime.run` when the plan has parallel phases); lanes 1.. are persistent daemon
 threads, each pinned to its own CPU.  Per phase every lane runs its segments; a phase with
 more than one lane ends with a barrier.  Handoff is a ``queue.SimpleQueue`` pair per worker:
-its blocking ``get`` waits in C with the GIL released, and ONNX Runtime releases the GIL
-inside ``InferenceSession.run``, so lanes really run concurrently.  Work for workers is
-submitted before lane 0 starts its own segment, so lane 0 never waits for a wake-up first.
+its blocking ``get`` waits in C with the GIL released (an idle runtime uses no CPU), and ONNX
+Runtime releases the GIL inside ``InferenceSession.run``, so lanes really run concurrently.
+Work for workers is submitted before lane 0 starts its own segment, so lane 0 never waits for
+a wake-up first.  Lane 0 waits for a worker's result in slices of 50 ms, checking in between
+that the worker thread is alive, and gives up after ``worker_timeout_s``: a dead or stuck
+worker is a :class:`RuntimeError`, never a hang (the plan is unusable afterwards).
+
+CPUs come from :func:`allowed_cpus` (the process's affinity).  Where the platform has no
+``os.sched_getaffinity`` / ``os.sched_setaffinity`` (macOS, Windows), every CPU of
+``os.cpu_count()`` is used, nothing is pinned, and that is said once on stderr.
 
 Session options are always explicit: ``intra_op_num_threads`` = the segment's ``threads``
 (1 for stream segments), ``inter_op_num_threads=1``, ``ORT_SEQUENTIAL``; in plans with worker
@@ -18,8 +25,18 @@ spinning ORT helper cannot steal the CPU of a worker lane.
 
 Which plan runs is decided by :func:`parnasc.emit.build_schedule` by measurement on the target,
 and re-checked by :class:`Runtime` itself (``adapt``): it also holds the whole model with 1 and
-``cores`` intra-op threads, times the plans interleaved when it starts and every
-``recheck_every`` runs, and runs the fastest (3% hysteresis).
+``cores`` intra-op threads, times the plans interleaved when it starts, and runs the fastest
+(3% hysteresis).  Later re-checks happen only when the caller asks (:meth:`Runtime.recalibrate`;
+``parnasc bench`` calls it between its measurement rounds): :meth:`Runtime.run` never times
+anything, so no user call pays for a re-check, and there is no background re-timer either (its
+inferences would compete with the caller's for the same cores, skewing both).
+
+Lifetime: :meth:`Runtime.close` (also ``with Runtime(...)``, garbage collection and interpreter
+exit, through :func:`weakref.finalize`) stops the worker threads; a :class:`Runtime` whose
+``__init__`` fails stops what it had started before raising.  ``close()`` while another thread
+is inside ``run()`` waits for that run (its waits are bounded); later runs raise
+:class:`RuntimeError`.  A malformed, truncated or foreign model directory is one
+:class:`parnasc.errors.UserError` naming ``DIR/schedule.json`` (:func:`load_schedule`).
 
 Tried and dropped (measured on a 2-vCPU AMD EPYC VM, ORT 1.32):
 
@@ -44,14 +61,17 @@ head-room: the best any path-per-core schedule could do with ORT's kernels and f
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
+import re
+import sys
 import threading
-from collections.abc import Sequence
+import time
+import weakref
+from collections.abc import Iterable, Sequence
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePath
 from types import TracebackType
 from typing import Any
 
@@ -60,12 +80,68 @@ import onnx
 import onnxruntime as ort
 
 from parnasc.emit import SCHEDULE_SCHEMA
+from parnasc.errors import UserError
 
-__all__ = ["Runtime", "choose_plan", "measure_interleaved", "measure_phases", "session_options"]
+__all__ = [
+    "Runtime",
+    "allowed_cpus",
+    "can_pin",
+    "choose_plan",
+    "load_schedule",
+    "measure_interleaved",
+    "measure_phases",
+    "session_options",
+    "set_affinity",
+]
+
+_POLL_S = 0.05  # how often a wait on a worker checks that the worker is still alive
+
+_unpinned_noted = False
+_note_lock = threading.Lock()
+
+
+def can_pin() -> bool:
+    """Whether this platform can read and set CPU affinity (``os.sched_*affinity``)."""
+    return hasattr(os, "sched_getaffinity") and hasattr(os, "sched_setaffinity")
+
+
+def _note_unpinned() -> None:
+    """Say once per process, on stderr, that CPU pinning is unavailable."""
+    global _unpinned_noted
+    with _note_lock:
+        if _unpinned_noted:
+            return
+        _unpinned_noted = True
+    print("parnasc: note: no os.sched_getaffinity/os.sched_setaffinity on this platform; "
+          f"using CPUs 0..{(os.cpu_count() or 1) - 1} unpinned", file=sys.stderr)
+
+
+def allowed_cpus() -> list[int]:
+    """The CPU ids this process may run on, ascending (``os.sched_getaffinity``).
+
+    Without affinity support: ``0 .. os.cpu_count()-1``, and a one-time note on stderr.
+    """
+    if can_pin():
+        return sorted(os.sched_getaffinity(0))
+    _note_unpinned()
+    return list(range(os.cpu_count() or 1))
+
+
+def set_affinity(cpus: Iterable[int]) -> bool:
+    """Pin the calling thread to ``cpus``; False (nothing changed) where that is unsupported
+    or refused (e.g. a restricted cpuset)."""
+    if not can_pin():
+        _note_unpinned()
+        return False
+    try:
+        os.sched_setaffinity(0, set(cpus))
+    except OSError:
+        return False
+    return True
 
 
 def _cpus(cores: int | None) -> list[int]:
-    allowed = sorted(os.sched_getaffinity(0))
+    allowed = allowed_cpus()
     n = len(allowed) if cores is None else cores
     if n < 1:
         raise ValueError("cores must be >= 1")
@@ -91,6 +167,133 @@ def session_options(threads: int, cpus: Sequence[int], spinning: bool = True,
     return so
 
 
+# --------------------------------------------------------------------------------------------
+# schedule.json
+# --------------------------------------------------------------------------------------------
+
+
+def _short(v: object, n: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+def _is_int(v: object, lo: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _rel_file(v: object) -> bool:
+    if not isinstance(v, str) or not v:
+        return False
+    p = PurePath(v)
+    return not p.is_absolute() and ".." not in p.parts and "\\" not in v
+
+
+def load_schedule(model_dir: Path) -> dict[str, Any]:
+    """Read and check ``model_dir/schedule.json`` (schema ``parnasc.schedule/1``).
+
+    Checks what :class:`Runtime` relies on: a JSON object of this schema, the keys it reads
+    with their types, segment ids that phases name, files inside ``model_dir`` that exist.
+    Any fault is one :class:`~parnasc.errors.UserError` ``"DIR/schedule.json: ..."``.
+    """
+    path = Path(model_dir) / "schedule.json"
+
+    def bad(msg: str) -> UserError:
+        return UserError(f"{path}: {msg}")
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise bad("no schedule.json in this directory; run 'parnasc emit' first") from None
+    except UnicodeDecodeError:
+        raise bad("not UTF-8 text, so not a parnasc schedule") from None
+    except OSError as exc:
+        raise bad(f"cannot read it: {exc.strerror or exc}") from None
+    try:
+        sched = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise bad(f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                  "truncated? re-run 'parnasc emit'") from None
+    if not isinstance(sched, dict):
+        raise bad(f"expected a JSON object (a parnasc schedule), found a JSON "
+                  f"{type(sched).__name__}")
+    if "schema" not in sched:
+        raise bad("no 'schema' key: not a parnasc schedule")
+    if sched["schema"] != SCHEDULE_SCHEMA:
+        raise bad(f"schema {_short(sched['schema'])} is not {SCHEDULE_SCHEMA!r}, the one this "
+                  "parnasc reads; re-run 'parnasc emit'")
+    checks: dict[str, tuple[str, Any]] = {
+        "model": ("a file name inside the directory", _rel_file),
+        "input": ("a tensor name", lambda v: isinstance(v, str) and bool(v)),
+        "output": ("a tensor name", lambda v: isinstance(v, str) and bool(v)),
+        "input_shape": ("a list of 3 positive integers (C, H, W)",
+                        lambda v: isinstance(v, list) and len(v) == 3
+                        and all(_is_int(d, 1) for d in v)),
+        "cores": ("a positive integer", lambda v: _is_int(v, 1)),
+        "plan": ("a plan name", lambda v: isinstance(v, str) and bool(v)),
+        "segments": ("a non-empty list of objects",
+                     lambda v: isinstance(v, list) and bool(v)
+                     and all(isinstance(s, dict) for s in v)),
+        "phases": ("a non-empty list of objects",
+                   lambda v: isinstance(v, list) and bool(v)
+                   and all(isinstance(p, dict) for p in v)),
+    }
+    for key, (what, ok) in checks.items():
+        if key not in sched:
+            raise bad(f"missing key {key!r}")
+        if not ok(sched[key]):
+            raise bad(f"{key!r} must be {what}, not {_short(sched[key])}")
+    seg_checks: dict[str, tuple[str, Any]] = {
+        "id": ("a string", lambda v: isinstance(v, str) and bool(v)),
+        "file": ("a file name inside the directory", _rel_file),
+        "core": ("an integer >= 0", lambda v: _is_int(v, 0)),
+        "threads": ("a positive integer", lambda v: _is_int(v, 1)),
+    }
+    by_id: dict[str, dict[str, Any]] = {}
+    for i, seg in enumerate(sched["segments"]):
+        for key, (what, ok) in seg_checks.items():
+            if key not in seg:
+                raise bad(f"segments[{i}]: missing key {key!r}")
+            if not ok(seg[key]):
+                raise bad(f"segments[{i}]: {key!r} must be {what}, not {_short(seg[key])}")
+        if seg["id"] in by_id:
+            raise bad(f"segment id {seg['id']!r} appears twice")
+        by_id[seg["id"]] = seg
+    for i, ph in enumerate(sched["phases"]):
+        ids = ph.get("segments")
+        if not isinstance(ids, list) or not ids:
+            raise bad(f"phases[{i}]: 'segments' must be a non-empty list of segment ids")
+        for sid in ids:
+            if not isinstance(sid, str) or sid not in by_id:
+                raise bad(f"phases[{i}] names segment {_short(sid)}, which 'segments' lacks")
+    used = [sched["model"]] + [by_id[s]["file"] for ph in sched["phases"] for s in ph["segments"]]
+    for f in dict.fromkeys(used):
+        if not (Path(model_dir) / f).is_file():
+            raise bad(f"{f} is missing from the directory (an incomplete copy?); "
+                      "re-run 'parnasc emit'")
+    return sched
+
+
+def _ort_reason(exc: BaseException) -> str:
+    """ONNX Runtime's message on one line, without its status prefix and a repeated path."""
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg)
+    msg = re.sub(r"^Load model from .* failed: ?", "", msg)
+    return msg if len(msg) <= 200 else msg[:197] + "..."
+
+
+class _LoadError(Exception):
+    """ONNX Runtime could not load a segment file."""
+
+    def __init__(self, path: Path, exc: BaseException) -> None:
+        super().__init__(f"{path} ({_ort_reason(exc)})")
+        self.path = path
+
+
+# --------------------------------------------------------------------------------------------
+# executors
+# --------------------------------------------------------------------------------------------
+
+
 class _Seg:
     __slots__ = ("inputs", "lane", "outputs", "sess")
 
@@ -101,11 +304,16 @@ class _Seg:
         self.outputs = [o.name for o in sess.get_outputs()]
 
 
+class _LaneFailure(RuntimeError):
+    """A worker lane died or did not answer in time; its executor cannot be used again."""
+
+
 class _Worker:
     """A persistent thread pinned to one CPU, running ``(segment, feeds)`` jobs."""
 
     def __init__(self, cpu: int, name: str) -> None:
         self.cpu = cpu
+        self.name = name
         self.jobs: queue.SimpleQueue[tuple[_Seg, dict[str, np.ndarray]] | None] = (
             queue.SimpleQueue()
         )
@@ -114,43 +322,86 @@ class _Worker:
         self.thread.start()
 
     def _loop(self) -> None:
-        with contextlib.suppress(OSError):  # restricted cpuset: run unpinned
-            os.sched_setaffinity(0, {self.cpu})
+        set_affinity({self.cpu})  # False on a restricted cpuset: run unpinned
         while True:
-            job = self.jobs.get()
+            job = self.jobs.get()  # blocks in C: an idle worker uses no CPU
             if job is None:
                 return
             seg, feeds = job
             try:
-                self.done.put(seg.sess.run(seg.outputs, feeds))
+                res: list[Any] | BaseException = seg.sess.run(seg.outputs, feeds)
             except BaseException as exc:
-                self.done.put(exc)
+                res = exc
+            self.done.put(res)
 
-    def stop(self) -> None:
+    def result(self, timeout_s: float) -> list[Any]:
+        """The outputs of the job submitted last; its exception is re-raised.
+
+        :class:`_LaneFailure` when the thread has died or ``timeout_s`` passed.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                res = self.done.get(timeout=_POLL_S)
+                break
+            except queue.Empty:
+                if not self.thread.is_alive():
+                    try:  # it may have answered just before it ended
+                        res = self.done.get_nowait()
+                        break
+                    except queue.Empty:
+                        raise _LaneFailure(f"runtime worker {self.name} has died") from None
+                if time.monotonic() > deadline:
+                    raise _LaneFailure(f"runtime worker {self.name} did not finish its segment "
+                                       f"within {timeout_s:g} s") from None
+        if isinstance(res, BaseException):
+            raise res
+        return res
+
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """Ask the thread to end and wait up to ``timeout_s``; whether it ended."""
         self.jobs.put(None)
-        self.thread.join(timeout=5)
+        self.thread.join(timeout=timeout_s)
+        return not self.thread.is_alive()
 
 
 class _Executor:
     """Phases of segments over lanes; the core of :class:`Runtime` and of the autotuner."""
 
     def __init__(self, phases: list[list[_Seg]], cpus: list[int], input_name: str,
-                 output_name: str) -> None:
+                 output_name: str, timeout_s: float = 60.0) -> None:
         self.phases = phases
         self.cpus = cpus
         self.input_name = input_name
         self.output_name = output_name
-        lanes = {s.lane for ph in phases for s in ph}
-        self.workers = {ln: _Worker(cpus[ln], f"parnasc-lane{ln}") for ln in sorted(lanes) if ln}
+        self.timeout_s = timeout_s
         self.single = phases[0][0] if len(phases) == 1 and len(phases[0]) == 1 else None
-        self.pin = bool(self.workers)
+        if self.single is not None and self.single.lane != 0:
+            self.single = None
         self.lock = threading.Lock()
+        self.closed = False
+        self.broken: str | None = None
+        self.workers: dict[int, _Worker] = {}
+        lanes = {s.lane for ph in phases for s in ph}
+        try:
+            for ln in sorted(lanes - {0}):
+                self.workers[ln] = _Worker(cpus[ln], f"parnasc-lane{ln}")
+        except BaseException:
+            self.close()
+            raise
+        self.pin = bool(self.workers) and can_pin()
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        if self.single is not None and self.single.lane == 0:
-            # Fused plan: exactly one ORT call, no Python overhead beyond it.
-            return self.single.sess.run(self.single.outputs, {self.input_name: x})[0]
+        single = self.single
+        if single is not None:
+            # Fused plan: exactly one ORT call, no Python overhead beyond it; ORT sessions
+            # take concurrent callers, so no lock.
+            return single.sess.run(single.outputs, {self.input_name: x})[0]
         with self.lock:  # lanes and their queues serve one run at a time
+            if self.closed:
+                raise RuntimeError("Runtime is closed")
+            if self.broken is not None:
+                raise RuntimeError(f"this plan stopped working: {self.broken}")
             saved: set[int] | None = None
             if self.pin:
                 saved = os.sched_getaffinity(0)
@@ -181,21 +432,31 @@ class _Executor:
             except BaseException as exc:
                 error = exc
             for seg, w in pending:  # barrier; always drained so no result is left behind
-                res = w.done.get()
-                if isinstance(res, BaseException):
-                    error = error or res
-                else:
-                    vals.update(zip(seg.outputs, res, strict=True))
+                try:
+                    vals.update(zip(seg.outputs, w.result(self.timeout_s), strict=True))
+                except _LaneFailure as exc:
+                    # its answer may still come and would be taken for a later run's
+                    self.broken = str(exc)
+                    error = error or exc
+                except BaseException as exc:
+                    error = error or exc
             if error is not None:
                 raise error
         return vals[self.output_name]
 
     def close(self) -> None:
-        for w in self.workers.values():
-            w.stop()
-        self.workers.clear()
-        self.phases = []
-        self.single = None
+        """Stop the workers (after a run in flight, whose waits are bounded); idempotent."""
+        got = self.lock.acquire(timeout=self.timeout_s + 1.0)
+        try:
+            self.closed = True
+            self.single = None
+            workers, self.workers = self.workers, {}
+            for w in workers.values():
+                w.stop()
+            self.phases = []
+        finally:
+            if got:
+                self.lock.release()
 
 
 def _build_executor(
@@ -203,7 +464,12 @@ def _build_executor(
     cpus: list[int],
     input_name: str,
     output_name: str,
+    timeout_s: float = 60.0,
 ) -> _Executor:
+    """Sessions for ``phases`` ((model or file, lane, threads) per segment) and their lanes.
+
+    A file ORT cannot load raises :class:`_LoadError`.
+    """
     parallel = any(len(ph) > 1 for ph in phases)
     mixed = parallel and any(t > 1 for ph in phases for _, _, t in ph)
     n_lanes = len(cpus)
@@ -215,12 +481,32 @@ def _build_executor(
             # plan leaves placement to the OS exactly like ORT's own intra-op baseline (a pinned
             # helper next to an unpinned caller can end up sharing one CPU with it).
             so = session_options(min(threads, n_lanes), cpus, spinning=not mixed,
-                                 pin_helpers=parallel)
-            src = str(model) if isinstance(model, Path) else model.SerializeToString()
-            sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+                                 pin_helpers=parallel and can_pin())
+            if isinstance(model, Path):
+                try:
+                    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+                except Exception as exc:  # ORT's own exception types (InvalidProtobuf, Fail...)
+                    raise _LoadError(model, exc) from exc
+            else:
+                sess = ort.InferenceSession(model.SerializeToString(), so,
+                                            providers=["CPUExecutionProvider"])
             segs.append(_Seg(sess, lane % n_lanes))
         built.append(segs)
-    return _Executor(built, cpus, input_name, output_name)
+    return _Executor(built, cpus, input_name, output_name, timeout_s)
+
+
+def _dataflow_error(ex: _Executor) -> str | None:
+    """Why ``ex``'s segments cannot run in order (a tensor nobody produces), or None."""
+    have = {ex.input_name}
+    for ph in ex.phases:
+        for seg in ph:
+            missing = [n for n in seg.inputs if n not in have]
+            if missing:
+                return f"a segment needs tensor {missing[0]!r}, which no earlier segment produces"
+        have.update(o for seg in ph for o in seg.outputs)
+    if ex.output_name not in have:
+        return f"no segment produces the output {ex.output_name!r}"
+    return None
 
 
 def measure_phases(
@@ -318,21 +604,32 @@ def choose_plan(medians: dict[str, float], current: str, margin: float = 0.03) -
     return best
 
 
+def _close_plans(plans: dict[str, _Executor]) -> None:
+    """Close every executor in ``plans`` and empty it (the finalizer of a :class:`Runtime`)."""
+    for ex in list(plans.values()):
+        ex.close()
+    plans.clear()
+
+
 class Runtime:
     """Execute a compiled model directory (``schedule.json`` + ``segments/``).
 
-    ``cores`` defaults to the schedule's core count; with fewer cores, lanes wrap around.
+    ``cores`` defaults to the schedule's core count; with fewer CPUs, lanes wrap around.
 
     With ``adapt`` (the default) the runtime also keeps the whole model as single ORT sessions
     with 1 and ``cores`` intra-op threads (``fused-1``, ``fused-<cores>``) next to the
     scheduled plan, times them interleaved when it starts (``calibration_reps`` runs each) and
-    runs the fastest; after 50, 100, 200, ... runs and from then on every ``recheck_every``
-    runs it re-times them on the live input (a dozen runs each) and switches when another plan
-    is faster by more than 3%.  The emitted
-    schedule's choice is one measurement at emit time; on a shared machine the best plan can
-    change later (ORT's 2-thread mode, for one, is bimodal on small models), and a plan that
-    is exactly what a baseline engine runs can then never stay slower than it for long.
-    ``adapt=False`` runs the scheduled plan only.
+    runs the fastest.  :meth:`recalibrate` times them again on demand and switches when another
+    plan is faster by more than 3%; :meth:`run` itself never re-times.  The emitted schedule's
+    choice is one measurement at emit time; on a shared machine the best plan can change later
+    (ORT's 2-thread mode, for one, is bimodal on small models).  ``adapt=False`` runs the
+    scheduled plan only.
+
+    ``worker_timeout_s`` bounds every wait on a worker lane (a dead worker is noticed within
+    50 ms); a lane that fails that way makes its plan raise :class:`RuntimeError` from then on.
+
+    A missing, malformed, truncated or foreign directory raises one
+    :class:`~parnasc.errors.UserError` naming ``DIR/schedule.json``; nothing is left running.
     """
 
     def __init__(
@@ -342,84 +639,106 @@ class Runtime:
         *,
         adapt: bool = True,
         calibration_reps: int = 60,
-        recheck_every: int = 2000,
+        worker_timeout_s: float = 60.0,
     ) -> None:
-        model_dir = Path(model_dir)
-        sched = json.loads((model_dir / "schedule.json").read_text(encoding="utf-8"))
-        if sched.get("schema") != SCHEDULE_SCHEMA:
-            raise ValueError(f"unsupported schedule schema {sched.get('schema')!r}")
+        if worker_timeout_s <= 0:
+            raise ValueError("worker_timeout_s must be > 0")
+        self._plans: dict[str, _Executor] = {}
+        # Closes the executors on close(), garbage collection or interpreter exit.
+        self._finalizer = weakref.finalize(self, _close_plans, self._plans)
+        self._recal_lock = threading.Lock()
+        self.plan_medians_ms: dict[str, float] = {}
+        try:
+            self._load(Path(model_dir), cores, adapt, calibration_reps, worker_timeout_s)
+        except BaseException:
+            self._finalizer()
+            raise
+
+    def _load(self, model_dir: Path, cores: int | None, adapt: bool, calibration_reps: int,
+              timeout_s: float) -> None:
+        sched = load_schedule(model_dir)
+        where = model_dir / "schedule.json"
         self.schedule: dict[str, Any] = sched
-        n = int(cores if cores is not None else sched["cores"])
-        self.cpus = _cpus(n)
+        self.cpus = _cpus(int(cores if cores is not None else sched["cores"]))
         by_id = {s["id"]: s for s in sched["segments"]}
         phases = [
-            [
-                (model_dir / by_id[i]["file"], int(by_id[i]["core"]), int(by_id[i]["threads"]))
-                for i in ph["segments"]
-            ]
+            [(model_dir / by_id[i]["file"], by_id[i]["core"], by_id[i]["threads"])
+             for i in ph["segments"]]
             for ph in sched["phases"]
         ]
         self.scheduled_plan: str = sched["plan"]
-        self._plans: dict[str, _Executor] = {
-            self.scheduled_plan: _build_executor(phases, self.cpus, sched["input"],
-                                                 sched["output"])
-        }
+        self.plan: str = self.scheduled_plan
+        wanted: dict[str, Sequence[Sequence[tuple[Path, int, int]]]] = {self.plan: phases}
         if adapt:
             for t in sorted({1, len(self.cpus)}):
-                name = f"fused-{t}"
-                if name not in self._plans:
-                    self._plans[name] = _build_executor(
-                        [[(model_dir / sched["model"], 0, t)]], self.cpus, sched["input"],
-                        sched["output"],
-                    )
-        self.plan: str = self.scheduled_plan
-        self.plan_medians_ms: dict[str, float] = {}
-        self.recheck_every = recheck_every if len(self._plans) > 1 else 0
-        self._runs = 0
-        self._next_check = min(50, self.recheck_every)
-        self._recheck_lock = threading.Lock()
+                wanted.setdefault(f"fused-{t}", [[(model_dir / sched["model"], 0, t)]])
+        shape = [1, *sched["input_shape"]]
+        self._probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        for name, ph in wanted.items():
+            try:
+                ex = _build_executor(ph, self.cpus, sched["input"], sched["output"], timeout_s)
+            except _LoadError as exc:
+                raise UserError(f"{where}: plan {name!r}: ONNX Runtime cannot load "
+                                f"{exc}") from None
+            self._plans[name] = ex
+            why = _dataflow_error(ex)
+            if why is not None:
+                raise UserError(f"{where}: plan {name!r} does not fit its segment files: {why}")
+            try:  # one probe run: input names and input_shape must fit the model
+                ex.run(self._probe)
+            except _LaneFailure:
+                raise
+            except Exception as exc:
+                raise UserError(f"{where}: plan {name!r} cannot run an input of shape "
+                                f"{shape} (input_shape): {_ort_reason(exc)}") from None
         if len(self._plans) > 1:
-            shape = [1, *sched["input_shape"]]
-            probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-            self._retime(probe, rounds=6, per_round=max(1, calibration_reps // 6), warmup=10)
+            self._retime(self._probe, rounds=6, per_round=max(1, calibration_reps // 6),
+                         warmup=10)
 
     def _retime(self, x: np.ndarray, rounds: int, per_round: int, warmup: int) -> None:
         """Time every plan on ``x`` in interleaved chunks and switch to the best."""
         from parnasc.bench import _raw_samples
 
-        names = list(self._plans)
-        samples: dict[str, list[float]] = {k: [] for k in names}
-        for k in names:
+        plans = dict(self._plans)
+        samples: dict[str, list[float]] = {k: [] for k in plans}
+        for ex in plans.values():
             for _ in range(warmup):
-                self._plans[k].run(x)
+                ex.run(x)
+        names = list(plans)
         for rnd in range(rounds):
             for k in names[rnd % len(names):] + names[: rnd % len(names)]:
-                samples[k] += _raw_samples(partial(self._plans[k].run, x), per_round,
-                                           quiet=False)[0]
+                samples[k] += _raw_samples(partial(plans[k].run, x), per_round, quiet=False)[0]
         self.plan_medians_ms = {k: float(np.median(v)) * 1e3 for k, v in samples.items()}
         self.plan = choose_plan(self.plan_medians_ms, self.plan)
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Run one batch (NCHW float32) and return the model output."""
+    def recalibrate(self, x: np.ndarray | None = None, *, rounds: int = 3, per_round: int = 4,
+                    warmup: int = 2) -> str:
+        """Re-time every plan interleaved (``warmup + rounds * per_round`` runs each, on ``x``
+        or a fixed random input) in the calling thread and switch to the fastest (3%
+        hysteresis); returns the plan now running.  With one plan it does nothing.
+
+        Call it where a few dozen extra inferences do not hurt (between requests, between
+        benchmark rounds); :meth:`run` never calls it.
+        """
         if not self._plans:
             raise RuntimeError("Runtime is closed")
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        y = self._plans[self.plan].run(x)
-        self._runs += 1
-        if self.recheck_every and self._runs >= self._next_check \
-                and self._recheck_lock.acquire(blocking=False):
-            try:
-                self._next_check = self._runs + min(self._next_check, self.recheck_every)
-                self._retime(x, rounds=3, per_round=4, warmup=2)
-            finally:
-                self._recheck_lock.release()
-        return y
+        if len(self._plans) > 1:
+            probe = self._probe if x is None else np.ascontiguousarray(x, dtype=np.float32)
+            with self._recal_lock:
+                self._retime(probe, rounds=rounds, per_round=per_round, warmup=warmup)
+        return self.plan
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Run one batch (NCHW float32) with the current plan and return the model output."""
+        ex = self._plans.get(self.plan)
+        if ex is None:
+            raise RuntimeError("Runtime is closed")
+        return ex.run(np.ascontiguousarray(x, dtype=np.float32))
 
     def close(self) -> None:
-        """Stop the worker threads and release the sessions (idempotent)."""
-        for ex in self._plans.values():
-            ex.close()
-        self._plans = {}
+        """Stop the worker threads and release the sessions (idempotent, thread-safe); a run
+        in flight in another thread finishes first, later runs raise RuntimeError."""
+        self._finalizer()
 
     def __enter__(self) -> Runtime:
         return self
@@ -431,7 +750,3 @@ class Runtime:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # interpreter shutdown
-            self.close()
