@@ -46,12 +46,12 @@ Tried and dropped (measured on a 2-vCPU AMD EPYC VM, ORT 1.32):
   examples/camera_balanced.pnas but 0.83x of ORT's 2 intra-op threads.
 * the same with segments cut from ORT's own optimized graph, so the exchanged tensors stay in
   ORT's blocked NCHWc layout (no reorder at a segment boundary), the stem split by output rows
-  over the cores, and ``run_with_iobinding`` (3 us per call instead of 7): bit-identical
-  output, but 0.21-0.23 ms against 0.16-0.19 ms for ORT's intra-op threads on
-  camera_balanced.  Alone, a stem half takes 19 us and the first path stage 67 us; inside a
-  run 38 us and 76 us: the exchanged tensors (256 KB after the stem) move between the cores'
-  caches, which costs about as much as the work saved.  Copying the input into shared memory
-  added ~25 us more.
+  over the cores, and ``run_with_iobinding`` (3 us per call instead of 7): the same output
+  as ORT's (``benchmarks/bench_lanes.py`` checks it), but 0.21-0.23 ms against 0.16-0.19 ms
+  for ORT's intra-op threads on camera_balanced.  Alone, a stem half takes 19 us and the
+  first path stage 67 us; inside a run 38 us and 76 us: the exchanged tensors (256 KB after
+  the stem) move between the cores' caches, which costs about as much as the work saved.
+  Copying the input into shared memory added ~25 us more.
 * threads: a streams phase costs ~38 us over its longest segment (queue handoff + GIL
   re-acquisition + barrier; ``run_async`` on a pinned ORT pool thread was ~100 us).
 

@@ -304,6 +304,8 @@ def test_runtime_measured_autotune(tmp_path: Path) -> None:
              if "final_median_us" in c}
     assert {"fused-1", "fused-2"} <= set(final)  # the baselines always reach the final
     assert sched["expected_us"] == final[sched["plan"]]
+    # The autotuner's decision rule applied to its own recorded timings (no absolute time is
+    # asserted, so any machine speed or load passes).
     best_fused = min(final["fused-1"], final["fused-2"])
     if sched["plan"].startswith("fused-"):
         assert final[sched["plan"]] == best_fused
@@ -662,7 +664,7 @@ def test_runtime_close_ends_workers_and_is_safe_during_run(
     rt = Runtime(d, cores=2, calibration_reps=6)
     threads = [w.thread for ex in rt._plans.values() for w in ex.workers.values()]
     assert threads and all(t.is_alive() for t in threads)
-    rt._plans[rt.plan] = rt._plans["hybrid-SS-1"]  # run the plan with a worker lane
+    rt.plan = "hybrid-SS-1"  # run the plan with a worker lane
     started = threading.Event()
     outcome: list[object] = []
 
