@@ -32,13 +32,14 @@ from parnasc.bench import (  # noqa: E402
     format_table,
     path_parallel_bound,
 )
+from parnasc.cpus import allowed_cpus  # noqa: E402
 from parnasc.emit import compile_model_dir  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["cifar", "camera", "camera_balanced"])
-    ap.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--cores", type=int, default=len(allowed_cpus()))
     ap.add_argument("--reps", type=int, default=300)
     ap.add_argument("--tune-reps", type=int, default=200)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_runtime")

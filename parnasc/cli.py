@@ -16,6 +16,7 @@ except ImportError:  # pragma: no cover - older typer
     from click import exceptions as click_exc  # type: ignore[no-redef]
 
 from parnasc import __version__
+from parnasc.cpus import allowed_cpus
 from parnasc.errors import OptionError, PnasError, UserError
 from parnasc.files import atomic_path, recover_dir, replace_dir
 from parnasc.files import write_text as _atomic_write
@@ -399,7 +400,7 @@ def search_cmd(
     else:
         spec_path = _spec_or_last(spec)
         s, ir = compile_file(spec_path)
-        n_cores = cores or s.target.cores or len(os.sched_getaffinity(0))
+        n_cores = cores or s.target.cores or len(allowed_cpus())
         overrides: dict[str, Any] = dict(
             alpha=alpha,
             beta=beta,
@@ -759,7 +760,7 @@ def emit(
     else:
         raise OptionError(f"{run}: expected a run directory or a concrete .pnas file")
     s, net, source = _concrete_net(spec, weights)
-    n_cores = cores or s.target.cores or len(os.sched_getaffinity(0))
+    n_cores = cores or s.target.cores or len(allowed_cpus())
     if s.paths > n_cores:
         raise OptionError(f"--cores {n_cores}: the model has {s.paths} paths; it needs {s.paths}")
     out_dir = out or (run / "emit" if run.is_dir() else Path("build") / s.name / "emit")
@@ -876,11 +877,9 @@ def bench(
 
 
 def _schedule(model_dir: Path) -> dict[str, Any]:
-    try:
-        sched: dict[str, Any] = json.loads((model_dir / "schedule.json").read_text())
-    except (OSError, ValueError):
-        raise OptionError(f"{model_dir}: no schedule.json; run 'parnasc emit' first") from None
-    return sched
+    from parnasc.runtime import load_schedule
+
+    return load_schedule(model_dir)
 
 
 def _machine_line() -> str:
@@ -895,7 +894,7 @@ def _machine_line() -> str:
                 break
     except OSError:
         pass
-    aff = sorted(os.sched_getaffinity(0))
+    aff = allowed_cpus()
     return (
         f"{cpu}; affinity {aff}; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
     )

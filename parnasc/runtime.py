@@ -65,11 +65,10 @@ import json
 import os
 import queue
 import re
-import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path, PurePath
 from types import TracebackType
@@ -79,65 +78,20 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from parnasc.cpus import allowed_cpus, can_pin, set_affinity
 from parnasc.emit import SCHEDULE_SCHEMA
 from parnasc.errors import UserError
 
 __all__ = [
     "Runtime",
-    "allowed_cpus",
-    "can_pin",
     "choose_plan",
     "load_schedule",
     "measure_interleaved",
     "measure_phases",
     "session_options",
-    "set_affinity",
 ]
 
 _POLL_S = 0.05  # how often a wait on a worker checks that the worker is still alive
-
-_unpinned_noted = False
-_note_lock = threading.Lock()
-
-
-def can_pin() -> bool:
-    """Whether this platform can read and set CPU affinity (``os.sched_*affinity``)."""
-    return hasattr(os, "sched_getaffinity") and hasattr(os, "sched_setaffinity")
-
-
-def _note_unpinned() -> None:
-    """Say once per process, on stderr, that CPU pinning is unavailable."""
-    global _unpinned_noted
-    with _note_lock:
-        if _unpinned_noted:
-            return
-        _unpinned_noted = True
-    print("parnasc: note: no os.sched_getaffinity/os.sched_setaffinity on this platform; "
-          f"using CPUs 0..{(os.cpu_count() or 1) - 1} unpinned", file=sys.stderr)
-
-
-def allowed_cpus() -> list[int]:
-    """The CPU ids this process may run on, ascending (``os.sched_getaffinity``).
-
-    Without affinity support: ``0 .. os.cpu_count()-1``, and a one-time note on stderr.
-    """
-    if can_pin():
-        return sorted(os.sched_getaffinity(0))
-    _note_unpinned()
-    return list(range(os.cpu_count() or 1))
-
-
-def set_affinity(cpus: Iterable[int]) -> bool:
-    """Pin the calling thread to ``cpus``; False (nothing changed) where that is unsupported
-    or refused (e.g. a restricted cpuset)."""
-    if not can_pin():
-        _note_unpinned()
-        return False
-    try:
-        os.sched_setaffinity(0, set(cpus))
-    except OSError:
-        return False
-    return True
 
 
 def _cpus(cores: int | None) -> list[int]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from parnasc import __version__
+from parnasc.cpus import allowed_cpus
 from parnasc.errors import UserError
 from parnasc.files import atomic_path
 from parnasc.files import write_text as atomic_text
@@ -28,7 +28,7 @@ from parnasc.spec import OptimSpec
 
 def set_threads(n: int | None) -> int:
     """Intra-op threads for training (default: all cores of this process's affinity)."""
-    n = n or len(os.sched_getaffinity(0))
+    n = n or len(allowed_cpus())
     torch.set_num_threads(n)
     return n
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from parnasc.compile import compile_file, compile_source
+from parnasc.cpus import allowed_cpus
 from parnasc.emit import (
     SCHEDULE_SCHEMA,
     PlanChoice,
@@ -31,7 +32,7 @@ from parnasc.emit import (
 )
 from parnasc.errors import UserError
 from parnasc.lower import Net, lower
-from parnasc.runtime import Runtime, allowed_cpus, choose_plan
+from parnasc.runtime import Runtime, choose_plan
 
 # Every comparison below is between float32 computations of the same network by different
 # kernels: ONNX Runtime (MLAS, NCHWc or NCHW, graph fusions) against PyTorch with BatchNorm
@@ -593,12 +594,12 @@ def test_runtime_without_affinity_support(
 ) -> None:
     """Without os.sched_getaffinity/sched_setaffinity (macOS) everything runs unpinned on
     os.cpu_count() CPUs, correct, and says so once."""
-    from parnasc import runtime
+    from parnasc import cpus
 
     d, x, ref = streams_dir
     monkeypatch.delattr(os, "sched_getaffinity")
     monkeypatch.delattr(os, "sched_setaffinity")
-    monkeypatch.setattr(runtime, "_unpinned_noted", False)
+    monkeypatch.setattr(cpus, "_unpinned_noted", False)
     assert allowed_cpus() == list(range(os.cpu_count() or 1))
     for adapt in (False, True):  # the streams plan (a worker lane), then all plans
         with Runtime(d, cores=2, adapt=adapt, calibration_reps=6) as rt:
