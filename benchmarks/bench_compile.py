@@ -10,7 +10,7 @@
     matplotlib are never imported, and shows what the import time is spent on.
 (b) parse + resolve + build + passes, in-process, median of 3, for generated specs of 100,
     1,000 and 10,000 levels x 4 paths; also with the cyclic GC paused around the whole
-    pipeline (parnasc.ir.gc_paused), which is what keeps the growth linear. CPU time
+    pipeline (parnasc.ir.graph.gc_paused), which is what keeps the growth linear. CPU time
     (time.process_time: single-threaded work, less disturbed by other load than wall time).
 
 Nothing here is asserted about time: the numbers depend on the machine and its load.
@@ -107,7 +107,7 @@ def bench_check(runs: int) -> None:
             bare = median_wall([PY, "-c", "pass"], runs, env)
             print(f"    {name:16} {check:7.3f}s {bare:14.3f}s {check / bare:6.1f}")
         env = envs["bytecode cache"]
-        stmt = "import parnasc.cli, parnasc.compile"
+        stmt = "import parnasc.cli, parnasc.ir.frontend"
         total, per = import_profile(stmt, env)
         print(f"    import profile of `{stmt}` (-X importtime, bytecode cache): {total:.3f}s")
         top = sorted(per.items(), key=lambda kv: -kv[1])[:10]
@@ -121,10 +121,10 @@ def bench_check(runs: int) -> None:
 
 
 def compile_once(text: str, pause_gc: bool) -> dict[str, float]:
-    from parnasc import passes
-    from parnasc.ir import build, gc_paused
-    from parnasc.parse import parse
-    from parnasc.spec import resolve
+    from parnasc.ir import passes
+    from parnasc.ir.graph import build, gc_paused
+    from parnasc.lang.parse import parse
+    from parnasc.lang.spec import resolve
 
     stages: list[tuple[str, Callable[[object], object]]] = [
         ("parse", lambda t: parse(str(t))),

@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from parnasc.cpus import allowed_cpus, set_affinity  # noqa: E402
-from parnasc.emit import scope_of, stages  # noqa: E402
+from parnasc.deploy.emit import scope_of, stages  # noqa: E402
 
 Step = tuple[Any, ...]  # ("run", model bytes, {input: view}, {output: view}) | ("post"|"wait", i)
 View = tuple[str, int, tuple[int, ...] | None]  # buffer, first element, shape (None: all of it)

@@ -5,9 +5,9 @@
 
 Builds each reference model (random weights), exports it, builds the schedule (autotuned on
 this machine), checks that all engines give the same output, and prints median/p90/p99 with
-ratios, then the path-parallel ceiling (:func:`parnasc.bench.path_parallel_bound`).
+ratios, then the path-parallel ceiling (:func:`parnasc.deploy.bench.path_parallel_bound`).
 Results go to ``<out>/<model>/bench.json``; the compiled model directory stays there.
-The reusable core is :func:`parnasc.bench.benchmark`.
+The reusable core is :func:`parnasc.deploy.bench.benchmark`.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from test_runtime import make_test_net  # noqa: E402
 
-from parnasc.bench import (  # noqa: E402
+from parnasc.cpus import allowed_cpus  # noqa: E402
+from parnasc.deploy.bench import (  # noqa: E402
     benchmark,
     format_bound,
     format_table,
     path_parallel_bound,
 )
-from parnasc.cpus import allowed_cpus  # noqa: E402
-from parnasc.emit import compile_model_dir  # noqa: E402
+from parnasc.deploy.emit import compile_model_dir  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

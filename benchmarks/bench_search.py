@@ -2,8 +2,8 @@
 module of the same supernet, measured in the same run; then the peak memory of a short search.
 
 One training step = forward, the loss of equation (12), backward, the weight optimizer step
-(SGD, Nesterov momentum) and the architecture optimizer step (Adam), as `parnasc.search` does.
-Both models get the same channels_last batches (what `parnasc.data.Loader` yields). Windows
+(SGD, Nesterov momentum) and the architecture optimizer step (Adam), as `parnasc.nas.search` does.
+Both models get the same channels_last batches (what `parnasc.data.cifar.Loader` yields). Windows
 of the two models alternate, so a load change on the machine hits both alike; the figures are
 the median (and the best) images/s over the windows. Other processes on a small machine make
 multi-thread wall-clock figures noisy (OpenMP threads spin when they lose their core), so a
@@ -33,10 +33,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from parnasc.compile import compile_file  # noqa: E402
-from parnasc.ir import IR  # noqa: E402
-from parnasc.loss import CostModel, flops_costs, total_loss  # noqa: E402
-from parnasc.lower import Net, lower  # noqa: E402
+from parnasc.ir.frontend import compile_file  # noqa: E402
+from parnasc.ir.graph import IR  # noqa: E402
+from parnasc.nas.loss import CostModel, flops_costs, total_loss  # noqa: E402
+from parnasc.nas.lower import Net, lower  # noqa: E402
 
 SPEC = ROOT / "specs/cifar.pnas"
 ALPHA, BETA = 0.28, 0.01
@@ -264,7 +264,7 @@ def main() -> None:
             f"supernet training throughput, batch {args.batch}, {threads} thread(s), {clock}, "
             f"{args.windows} windows x {args.steps} steps (median / best window):"
         )
-        print(f"  generated (parnasc.lower)  {gen:8.1f} / {gen_best:8.1f} images/s")
+        print(f"  generated (parnasc.nas.lower)  {gen:8.1f} / {gen_best:8.1f} images/s")
         print(f"  hand-written PyTorch       {ref:8.1f} / {ref_best:8.1f} images/s")
         print(f"  ratio generated / hand     {gen / ref:8.3f} / {gen_best / ref_best:8.3f}")
     if not args.no_search:

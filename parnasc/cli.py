@@ -68,7 +68,7 @@ def check(files: FilesArg) -> None:
 
     Example: parnasc check specs/*.pnas
     """
-    from parnasc.compile import compile_file
+    from parnasc.ir.frontend import compile_file
 
     bad = 0
     for f in files:
@@ -94,8 +94,8 @@ def fmt(
 
     Example: parnasc fmt --check specs/*.pnas
     """
-    from parnasc.fmt import format_document
-    from parnasc.parse import parse_file
+    from parnasc.lang.fmt import format_document
+    from parnasc.lang.parse import parse_file
 
     changed = failed = 0
     for f in files:
@@ -131,14 +131,14 @@ def compile_(
 
     Example: parnasc compile specs/cifar.pnas
     """
-    from parnasc.compile import compile_file
-    from parnasc.summary import print_summary
+    from parnasc.ir.frontend import compile_file
+    from parnasc.viz.summary import print_summary
 
     spec, ir = compile_file(file)
     out_dir = out or Path("build") / spec.name
     out_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(out_dir / "ir.json", ir.dumps())
-    from parnasc.ir import print_ir
+    from parnasc.ir.graph import print_ir
 
     _atomic_write(out_dir / "ir.txt", print_ir(ir))
     _remember(reset=True, spec=file, build=out_dir)
@@ -157,8 +157,8 @@ def show(
 
     Example: parnasc show specs/cifar.pnas -o cifar.svg
     """
-    from parnasc.compile import compile_file
-    from parnasc.show import draw
+    from parnasc.ir.frontend import compile_file
+    from parnasc.viz.show import draw
 
     spec, ir = compile_file(file)
     target = out or Path(f"{spec.name}.svg")
@@ -177,7 +177,7 @@ def _spec_or_last(spec: Path | None) -> Path:
 
 
 def _load_data(data: Path | None, n_train: int | None, n_test: int | None, seed: int) -> Any:
-    from parnasc.data import load_cifar10, subset
+    from parnasc.data.cifar import load_cifar10, subset
 
     cifar = load_cifar10(data, progress=lambda msg: _err(msg))
     if n_train is not None or n_test is not None:
@@ -236,7 +236,7 @@ def _data_record(
 ) -> Any:
     """The DataRecord of the data just loaded; for a resume (`what`), it must be the same data
     as the recorded one."""
-    from parnasc.train import DataRecord, fingerprint
+    from parnasc.nas.train import DataRecord, fingerprint
 
     fp = fingerprint(cifar.train_x, cifar.train_y, cifar.test_x, cifar.test_y)
     if what is not None and recorded is not None and fp != recorded.fingerprint:
@@ -252,7 +252,7 @@ def _data_record(
 
 def _finished_search(run: Path) -> None:
     """Refuse a search run directory whose search has not finished (result.json comes last)."""
-    from parnasc.search import is_complete
+    from parnasc.nas.search import is_complete
 
     started = (run / "settings.json").exists() or (run / "checkpoint.pt").exists()
     if started and not is_complete(run):
@@ -317,9 +317,8 @@ def search_cmd(
     """
     from dataclasses import replace
 
-    from parnasc.compile import compile_file
-    from parnasc.display import Display
-    from parnasc.search import (
+    from parnasc.ir.frontend import compile_file
+    from parnasc.nas.search import (
         PAPER_RECIPE,
         RunRecord,
         Settings,
@@ -327,7 +326,8 @@ def search_cmd(
         read_checkpoint,
         search,
     )
-    from parnasc.train import read_record, set_threads
+    from parnasc.nas.train import read_record, set_threads
+    from parnasc.viz.display import Display
 
     _check_choices(
         [
@@ -442,7 +442,7 @@ def search_cmd(
     train, val, _ = _loaders(cifar, settings)
     costs = None
     if settings.cost == "latency":
-        from parnasc.latency import latency_costs
+        from parnasc.nas.latency import latency_costs
 
         costs = latency_costs(ir, progress=_err)
     _remember(spec=spec_path, run=run_dir)
@@ -473,7 +473,7 @@ def _validate(settings: Any) -> None:
 
     from pydantic import ValidationError
 
-    from parnasc.spec import SearchSpec
+    from parnasc.lang.spec import SearchSpec
 
     values = {k: v for k, v in asdict(settings).items() if k in SearchSpec.model_fields}
     try:
@@ -495,7 +495,7 @@ def _check_shape(shape: tuple[int, int, int]) -> None:
 
 
 def _loaders(cifar: Any, settings: Any) -> tuple[Any, Any, Any]:
-    from parnasc.data import Loader, split_train
+    from parnasc.data.cifar import Loader, split_train
 
     (xt, yt), (xv, yv) = split_train(
         cifar.train_x, cifar.train_y, settings.val_fraction, settings.seed
@@ -541,11 +541,10 @@ def train_cmd(
     """
     import uuid
 
-    from parnasc.compile import compile_file
-    from parnasc.display import Display
-    from parnasc.lower import lower
-    from parnasc.search import Settings
-    from parnasc.train import (
+    from parnasc.ir.frontend import compile_file
+    from parnasc.nas.lower import lower
+    from parnasc.nas.search import Settings
+    from parnasc.nas.train import (
         RECORD_FORMAT,
         TrainRecord,
         load_checkpoint,
@@ -555,6 +554,7 @@ def train_cmd(
         retrain,
         set_threads,
     )
+    from parnasc.viz.display import Display
 
     s, ir = compile_file(spec)
     if not s.concrete:
@@ -670,7 +670,7 @@ def train_cmd(
 
 def _trained(out_dir: Path, record: Any) -> float | None:
     """The test accuracy of `out_dir/model.pt` if it is the result of the recorded training."""
-    from parnasc.train import load_checkpoint
+    from parnasc.nas.train import load_checkpoint
 
     model = out_dir / "model.pt"
     if not model.exists():
@@ -684,9 +684,9 @@ def _trained(out_dir: Path, record: Any) -> float | None:
 
 def _concrete_net(spec: Path, weights: Path | None) -> tuple[Any, Any, str]:
     """Compile a concrete spec, lower it and load `weights` (None: the initial weights)."""
-    from parnasc.compile import compile_file
-    from parnasc.lower import lower
-    from parnasc.train import load_checkpoint, load_state
+    from parnasc.ir.frontend import compile_file
+    from parnasc.nas.lower import lower
+    from parnasc.nas.train import load_checkpoint, load_state
 
     s, ir = compile_file(spec)
     if not s.concrete:
@@ -737,8 +737,8 @@ def emit(
 
     Example: parnasc emit runs/cifar-s0 --onnx -o build/cifar-emit
     """
-    from parnasc.emit import compile_model_dir
-    from parnasc.train import atomic_save
+    from parnasc.deploy.emit import compile_model_dir
+    from parnasc.nas.train import atomic_save
 
     if not onnx:
         raise OptionError("--no-onnx: ONNX is the only output format")
@@ -809,8 +809,8 @@ def run_cmd(
     import numpy as np
     import torch
 
-    from parnasc.data import CIFAR10_CLASSES, load_images, normalize
-    from parnasc.runtime import Runtime
+    from parnasc.data.cifar import CIFAR10_CLASSES, load_images, normalize
+    from parnasc.deploy.runtime import Runtime
 
     sched = _schedule(model_dir)
     _, h, w = sched["input_shape"]
@@ -847,7 +847,7 @@ def bench(
     """
     import platform
 
-    from parnasc.bench import benchmark, format_table
+    from parnasc.deploy.bench import benchmark, format_table
 
     if model_dir is None:
         state = last_compiled()
@@ -867,7 +867,7 @@ def bench(
     err = 100 * (est - got) / got
     print(f"schedule estimate {est:.3f} ms vs measured {got:.3f} ms: error {err:+.1f}%")
     if bound:
-        from parnasc.bench import format_bound, path_parallel_bound
+        from parnasc.deploy.bench import format_bound, path_parallel_bound
 
         print(format_bound(path_parallel_bound(model_dir, n_cores, reps)))
     if json_out is not None:
@@ -877,7 +877,7 @@ def bench(
 
 
 def _schedule(model_dir: Path) -> dict[str, Any]:
-    from parnasc.runtime import load_schedule
+    from parnasc.deploy.runtime import load_schedule
 
     return load_schedule(model_dir)
 

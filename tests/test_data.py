@@ -22,8 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
-from parnasc import data as D
-from parnasc.data import (
+from parnasc.data import cifar as D
+from parnasc.data.cifar import (
     CIFAR10_CLASSES,
     CIFAR_MEAN,
     CIFAR_STD,
@@ -192,7 +192,7 @@ def test_full_archive_counts_and_cache(full: tuple[Cifar, float], cache_root: Pa
     # The second load reads the cache and decodes nothing (the decoder must not be called).
     said: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("parnasc.data._load_source", _must_not_decode)
+        mp.setattr("parnasc.data.cifar._load_source", _must_not_decode)
         again = load_cifar10(SHARED, cache_dir=cache_root, progress=said.append)
     assert any("from cache" in m for m in said)
     _same(data, again)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from parnasc import cli
-from parnasc.compile import compile_source
 from parnasc.errors import Collector, Diagnostic, PnasError, Span, did_you_mean, source_lines
+from parnasc.ir.frontend import compile_source
 
 RunCli = Callable[..., subprocess.CompletedProcess[str]]  # the `run_cli` fixture (conftest.py)
 ROOT = Path(__file__).resolve().parent.parent
@@ -292,7 +292,7 @@ def test_byte_order_mark_and_crlf_are_read(tmp_path: Path) -> None:
     spec = (ROOT / "examples" / "tiny.pnas").read_text(encoding="utf-8")
     f = tmp_path / "bom.pnas"
     f.write_bytes(b"\xef\xbb\xbf" + spec.replace("\n", "\r\n").encode())
-    from parnasc.compile import compile_file
+    from parnasc.ir.frontend import compile_file
 
     spec_, _ = compile_file(f)
     assert spec_.name == "tiny"

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parnasc import parse as P
-from parnasc.fmt import canonical_text, fmt_expr, format_document
+from parnasc.lang import parse as P
+from parnasc.lang.fmt import canonical_text, fmt_expr, format_document
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.pnas")) + sorted((ROOT / "examples").glob("*.pnas"))

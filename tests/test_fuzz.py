@@ -23,10 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from parnasc.compile import compile_source
 from parnasc.errors import PnasError, source_lines
-from parnasc.fmt import format_document
-from parnasc.parse import parse
+from parnasc.ir.frontend import compile_source
+from parnasc.lang.fmt import format_document
+from parnasc.lang.parse import parse
 
 RunCli = Callable[..., subprocess.CompletedProcess[str]]  # the `run_cli` fixture (conftest.py)
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,12 +16,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parnasc import passes
-from parnasc.ir import IR, Candidate, Node, build, count, flops_range, print_ir, search_space_size
-from parnasc.parse import parse, parse_file
-from parnasc.passes.prune import prune
-from parnasc.passes.verify import VerifyError, verify
-from parnasc.spec import resolve
+from parnasc.ir import passes
+from parnasc.ir.graph import (
+    IR,
+    Candidate,
+    Node,
+    build,
+    count,
+    flops_range,
+    print_ir,
+    search_space_size,
+)
+from parnasc.ir.passes.prune import prune
+from parnasc.ir.passes.verify import VerifyError, verify
+from parnasc.lang.parse import parse, parse_file
+from parnasc.lang.spec import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from parnasc.compile import compile_source
-from parnasc.latency import latency_costs
-from parnasc.loss import CostModel, flops_costs, total_loss
-from parnasc.lower import lower
+from parnasc.ir.frontend import compile_source
+from parnasc.nas.latency import latency_costs
+from parnasc.nas.loss import CostModel, flops_costs, total_loss
+from parnasc.nas.lower import lower
 
 TINY = """
 model tiny

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from parnasc.compile import compile_file, compile_source
-from parnasc.ir import IR
-from parnasc.lower import MixedOp, Net, lower, transfer_weights
-from parnasc.passes.prune import prune
-from parnasc.spec import Spec
+from parnasc.ir.frontend import compile_file, compile_source
+from parnasc.ir.graph import IR
+from parnasc.ir.passes.prune import prune
+from parnasc.lang.spec import Spec
+from parnasc.nas.lower import MixedOp, Net, lower, transfer_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-5

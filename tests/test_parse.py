@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parnasc import parse as P
-from parnasc.compile import compile_source
 from parnasc.errors import PnasError
-from parnasc.fmt import format_document
-from parnasc.spec import resolve, spec_hash
+from parnasc.ir.frontend import compile_source
+from parnasc.lang import parse as P
+from parnasc.lang.fmt import format_document
+from parnasc.lang.spec import resolve, spec_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR = ROOT / "specs" / "cifar.pnas"
@@ -38,29 +37,10 @@ head {
 # --- grammar ---------------------------------------------------------------------------------
 
 
-def test_grammar_copies_are_byte_identical() -> None:
-    assert (ROOT / "grammar" / "pnas.lark").read_bytes() == (
-        ROOT / "parnasc" / "pnas.lark"
-    ).read_bytes()
-
-
-def test_grammar_path_prefers_checkout() -> None:
-    assert P.grammar_path() == ROOT / "grammar" / "pnas.lark"
-
-
-def test_grammar_path_falls_back_to_package_copy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pkg = tmp_path / "site-packages" / "parnasc"  # an installed wheel: no grammar/ beside it
-    pkg.mkdir(parents=True)
-    shutil.copy(ROOT / "parnasc" / "pnas.lark", pkg / "pnas.lark")
-    monkeypatch.setattr(P, "__file__", str(pkg / "parse.py"))
-    assert P.grammar_path() == pkg / "pnas.lark"
-    P._parser.cache_clear()
-    try:  # and the package copy is a working grammar
-        assert P.parse(MINI).stmts[0] == P.Model("m")
-    finally:
-        P._parser.cache_clear()
+def test_one_grammar_file_shipped_in_the_package() -> None:
+    assert P.grammar_path() == ROOT / "parnasc" / "lang" / "pnas.lark"
+    lark = [p for p in ROOT.rglob("*.lark") if ".venv" not in p.parts]
+    assert lark == [P.grammar_path()]
 
 
 # --- syntax tree -------------------------------------------------------------------------------

@@ -19,9 +19,8 @@ import pytest
 import torch
 from torch import nn
 
-from parnasc.compile import compile_file, compile_source
 from parnasc.cpus import allowed_cpus
-from parnasc.emit import (
+from parnasc.deploy.emit import (
     SCHEDULE_SCHEMA,
     PlanChoice,
     build_schedule,
@@ -30,9 +29,10 @@ from parnasc.emit import (
     read_structure,
     scope_of,
 )
+from parnasc.deploy.runtime import Runtime, choose_plan
 from parnasc.errors import UserError
-from parnasc.lower import Net, lower
-from parnasc.runtime import Runtime, choose_plan
+from parnasc.ir.frontend import compile_file, compile_source
+from parnasc.nas.lower import Net, lower
 
 # Every comparison below is between float32 computations of the same network by different
 # kernels: ONNX Runtime (MLAS, NCHWc or NCHW, graph fusions) against PyTorch with BatchNorm
@@ -340,7 +340,7 @@ def test_ort_partition_file_loads_in_parallel_mode(
 
 
 def test_benchmark_rows(cifar: tuple[nn.Module, Path, onnx.ModelProto], tmp_path: Path) -> None:
-    from parnasc.bench import ENGINES, benchmark, format_table
+    from parnasc.deploy.bench import ENGINES, benchmark, format_table
 
     net, d, model = cifar
     shutil.copy(d / "model.onnx", tmp_path / "model.onnx")
@@ -357,7 +357,7 @@ def test_benchmark_rows(cifar: tuple[nn.Module, Path, onnx.ModelProto], tmp_path
 
 def test_path_parallel_bound(cifar: tuple[nn.Module, Path, onnx.ModelProto],
                              tmp_path: Path) -> None:
-    from parnasc.bench import format_bound, path_parallel_bound
+    from parnasc.deploy.bench import format_bound, path_parallel_bound
 
     _, d, model = cifar
     shutil.copy(d / "model.onnx", tmp_path / "model.onnx")
@@ -439,7 +439,7 @@ def test_run_never_retimes(cifar: tuple[nn.Module, Path, onnx.ModelProto], tmp_p
                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Each run() is exactly one inference of the current plan: the re-check of plans is only
     at start-up and in recalibrate() (it used to run ~40 inferences inside one call in 50)."""
-    from parnasc.runtime import _Executor
+    from parnasc.deploy.runtime import _Executor
 
     x, ref = _streams_model_dir(cifar, tmp_path)
     with Runtime(tmp_path, cores=2, calibration_reps=6) as rt:
@@ -561,7 +561,7 @@ def test_runtime_bad_model_dir_is_one_user_error(
 ) -> None:
     """A malformed, truncated or foreign directory is one UserError naming DIR/schedule.json
     (and the culprit), and nothing Runtime had started is left running."""
-    from parnasc import runtime
+    from parnasc.deploy import runtime
 
     d = tmp_path / "emit"
     shutil.copytree(streams_dir[0], d)
@@ -707,7 +707,7 @@ def test_runtime_workers_end_at_interpreter_exit(
     code = f"""
 import weakref
 import numpy as np
-from parnasc.runtime import Runtime
+from parnasc.deploy.runtime import Runtime
 
 class Probe:
     pass

@@ -23,7 +23,7 @@ import torch
 # os.environ; importing it here does that before the leak check (conftest.py) of any test.
 import torch._dynamo
 
-from parnasc.compile import compile_file
+from parnasc.ir.frontend import compile_file
 
 PARNASC = str(Path(sys.executable).with_name("parnasc"))
 ARCHIVE = Path(
@@ -109,7 +109,7 @@ class Runs:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     if not ARCHIVE.is_file():
         pytest.fail(f"CIFAR-10 archive not found at {ARCHIVE} (set PARNASC_CIFAR to its path)")
-    from parnasc.data import load_cifar10
+    from parnasc.data.cifar import load_cifar10
 
     load_cifar10(ARCHIVE)  # decode once into the shared cache before three runs read it
     r = Runs(tmp_path_factory.mktemp("search"))
@@ -606,7 +606,7 @@ def test_train_resume_keeps_its_settings(
     # A new training with the same settings, killed before its end, has another run_id: the
     # model.pt the last one left does not pass for its result, so --resume continues it.
     from parnasc.cli import _trained
-    from parnasc.train import TrainRecord, read_record
+    from parnasc.nas.train import TrainRecord, read_record
 
     record = read_record(run / "train_settings.json", TrainRecord, "training")
     assert _trained(run, record) == meta["test_acc"]
@@ -635,9 +635,9 @@ def one_thread() -> Iterator[None]:
 def test_resume_is_exact_in_both_modes(tmp_path: Path, mode: str, one_thread: None) -> None:
     import numpy as np
 
-    from parnasc.compile import compile_source
-    from parnasc.data import Loader
-    from parnasc.search import Settings, search
+    from parnasc.data.cifar import Loader
+    from parnasc.ir.frontend import compile_source
+    from parnasc.nas.search import Settings, search
 
     spec, ir = compile_source(SMALL, "small.pnas")
     settings = Settings.from_spec(spec.search, 2, mode=mode, epochs=3, warmup=1, batch=16)
@@ -687,11 +687,11 @@ def test_tie_removes_sync_and_latency_search_runs(tmp_path: Path) -> None:
     search with the measured latency cost model runs through."""
     import numpy as np
 
-    from parnasc.compile import compile_source
-    from parnasc.data import Loader
-    from parnasc.latency import latency_costs
-    from parnasc.lower import lower
-    from parnasc.search import Settings, derive, search
+    from parnasc.data.cifar import Loader
+    from parnasc.ir.frontend import compile_source
+    from parnasc.nas.latency import latency_costs
+    from parnasc.nas.lower import lower
+    from parnasc.nas.search import Settings, derive, search
 
     spec, ir = compile_source(SMALL, "small.pnas")
     choices, _ = derive(lower(ir), ir, None)  # all logits 0: every tie
@@ -719,9 +719,9 @@ def test_emit_run_and_bench_the_searched_model(runs: Runs, tmp_path: Path) -> No
     import torch
     from PIL import Image
 
-    from parnasc.data import load_cifar10, normalize, subset
-    from parnasc.lower import lower
-    from parnasc.train import load_checkpoint
+    from parnasc.data.cifar import load_cifar10, normalize, subset
+    from parnasc.nas.lower import lower
+    from parnasc.nas.train import load_checkpoint
 
     out = tmp_path / "emit"
     emit = ["emit", str(runs.a), "--onnx", "-o", str(out), "--no-measure", *CORES]
@@ -757,7 +757,7 @@ def test_emit_run_and_bench_the_searched_model(runs: Runs, tmp_path: Path) -> No
     lines = ran.stdout.splitlines()
     assert len(lines) == 3
     for line, logits in zip(lines, got[:3], strict=True):
-        from parnasc.data import CIFAR10_CLASSES
+        from parnasc.data.cifar import CIFAR10_CLASSES
 
         assert f": {CIFAR10_CLASSES[int(logits.argmax())]} (" in line
 

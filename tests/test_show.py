@@ -1,4 +1,4 @@
-"""`parnasc.show.draw`: a picture of every spec, in SVG, PNG and PDF."""
+"""`parnasc.viz.show.draw`: a picture of every spec, in SVG, PNG and PDF."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from parnasc.compile import compile_file, compile_source
-from parnasc.ir import IR
-from parnasc.show import MAX_LEVELS, draw
+from parnasc.ir.frontend import compile_file, compile_source
+from parnasc.ir.graph import IR
+from parnasc.viz.show import MAX_LEVELS, draw
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.pnas"))
@@ -78,7 +78,7 @@ def test_long_supernet_is_abbreviated(tmp_path: Path) -> None:
 def test_check_does_not_import_matplotlib_or_torch() -> None:
     code = (
         "import sys, parnasc.cli\n"
-        "from parnasc.compile import compile_file\n"
+        "from parnasc.ir.frontend import compile_file\n"
         f"compile_file({str(ROOT / 'specs' / 'cifar.pnas')!r})\n"
         "heavy = sorted(m for m in ('matplotlib', 'torch', 'onnx') if m in sys.modules)\n"
         "assert not heavy, heavy\n"

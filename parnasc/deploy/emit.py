@@ -560,7 +560,7 @@ def _rematch(
     the same way (``fused-1``: ORT sequential, ``fused-<cores>``: ORT intra-op).  Finalists get
     ``final_median_us`` in ``results``.
     """
-    from parnasc.runtime import measure_interleaved
+    from parnasc.deploy.runtime import measure_interleaved
 
     best = min(r["median_us"] for r in results)
     fin = [i for i, c in enumerate(cands)
@@ -722,7 +722,7 @@ def build_schedule(
         phases = _plan_phases(structure, ch, cores, chain_cost, present)
         row: dict[str, Any] = {"plan": ch.name, "estimated_us": round(estimate(phases), 1)}
         if measure:
-            from parnasc.runtime import measure_phases
+            from parnasc.deploy.runtime import measure_phases
 
             st = measure_phases(
                 [[(seg_model(sg.scopes), sg.lane, sg.threads) for sg in segs]
@@ -773,7 +773,7 @@ def build_schedule(
                 ),
             }
             if measure:
-                from parnasc.runtime import measure_phases
+                from parnasc.deploy.runtime import measure_phases
 
                 st = measure_phases([[(sm, 0, sg.threads)]], cores, max(50, reps // 2), quiet)
                 row["measured_us"] = round(st["median_ms"] * 1e3, 1)

@@ -11,7 +11,7 @@ equals the expected cost of the sampled architecture over the worst one, minus t
   (l, p) and C_sync the FLOPs of the combine at the sync site (concat + 1x1 conv, or a sum).
   loss_ops sums over levels and paths as in equation (6).
 * cost `latency`: C_{l,p,n} is the measured single-thread latency (microseconds) of the
-  candidate at its real shapes (parnasc.latency) and C_sync the measured combine time plus a
+  candidate at its real shapes (parnasc.nas.latency) and C_sync the measured combine time plus a
   barrier. Paths run on separate cores and wait for each other only where they join (a sync
   site that is on, an always-on sync, the merge), so the time of the ops is the critical path:
   with t_p the finishing time of path p since the stem,
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from parnasc.ir import IR
-from parnasc.lower import Net, arch_key
+from parnasc.ir.graph import IR
+from parnasc.nas.lower import Net, arch_key
 
 
 @dataclass

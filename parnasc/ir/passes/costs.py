@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from parnasc import ops
-from parnasc.ir import IR, Candidate
+from parnasc.ir import ops
+from parnasc.ir.graph import IR, Candidate
 
 
 def annotate_costs(ir: IR) -> IR:

@@ -23,7 +23,7 @@ from parnasc.cpus import allowed_cpus
 from parnasc.errors import UserError
 from parnasc.files import atomic_path
 from parnasc.files import write_text as atomic_text
-from parnasc.spec import OptimSpec
+from parnasc.lang.spec import OptimSpec
 
 
 def set_threads(n: int | None) -> int:

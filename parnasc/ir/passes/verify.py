@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from parnasc.ir import IR, Node, VerifyError
+from parnasc.ir.graph import IR, Node, VerifyError
 
 __all__ = ["VerifyError", "verify"]
 

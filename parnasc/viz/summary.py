@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from parnasc.ir import IR, count, fixed_cost, flops_range, search_space_size
-from parnasc.spec import Spec
+from parnasc.ir.graph import IR, count, fixed_cost, flops_range, search_space_size
+from parnasc.lang.spec import Spec
 
 MAX_ROWS = 40  # longer specs show their first and last levels with an ellipsis row between
 

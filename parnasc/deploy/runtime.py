@@ -23,13 +23,14 @@ intra-op baseline).
 Intra-op spinning is disabled when a plan mixes intra-op and stream phases, so an idle
 spinning ORT helper cannot steal the CPU of a worker lane.
 
-Which plan runs is decided by :func:`parnasc.emit.build_schedule` by measurement on the target,
-and re-checked by :class:`Runtime` itself (``adapt``): it also holds the whole model with 1 and
-``cores`` intra-op threads, times the plans interleaved when it starts, and runs the fastest
-(3% hysteresis).  Later re-checks happen only when the caller asks (:meth:`Runtime.recalibrate`;
-``parnasc bench`` calls it between its measurement rounds): :meth:`Runtime.run` never times
-anything, so no user call pays for a re-check, and there is no background re-timer either (its
-inferences would compete with the caller's for the same cores, skewing both).
+Which plan runs is decided by :func:`parnasc.deploy.emit.build_schedule` by measurement on the
+target, and re-checked by :class:`Runtime` itself (``adapt``): it also holds the whole model
+with 1 and ``cores`` intra-op threads, times the plans interleaved when it starts, and runs the
+fastest (3% hysteresis).  Later re-checks happen only when the caller asks
+(:meth:`Runtime.recalibrate`; ``parnasc bench`` calls it between its measurement rounds):
+:meth:`Runtime.run` never times anything, so no user call pays for a re-check, and there is
+no background re-timer either (its inferences would compete with the caller's for the same
+cores, skewing both).
 
 Lifetime: :meth:`Runtime.close` (also ``with Runtime(...)``, garbage collection and interpreter
 exit, through :func:`weakref.finalize`) stops the worker threads; a :class:`Runtime` whose
@@ -55,7 +56,7 @@ Tried and dropped (measured on a 2-vCPU AMD EPYC VM, ORT 1.32):
 * threads: a streams phase costs ~38 us over its longest segment (queue handoff + GIL
   re-acquisition + barrier; ``run_async`` on a pinned ORT pool thread was ~100 us).
 
-:func:`parnasc.bench.path_parallel_bound` (``parnasc bench --bound``) puts numbers on the
+:func:`parnasc.deploy.bench.path_parallel_bound` (``parnasc bench --bound``) puts numbers on the
 head-room: the best any path-per-core schedule could do with ORT's kernels and free dispatch.
 """
 
@@ -79,7 +80,7 @@ import onnx
 import onnxruntime as ort
 
 from parnasc.cpus import allowed_cpus, can_pin, set_affinity
-from parnasc.emit import SCHEDULE_SCHEMA
+from parnasc.deploy.emit import SCHEDULE_SCHEMA
 from parnasc.errors import UserError
 
 __all__ = [
@@ -471,9 +472,9 @@ def measure_phases(
 ) -> dict[str, float]:
     """Time one run of ``phases`` ((segment model, lane, threads) per segment) on batch 1.
 
-    Returns :func:`parnasc.bench.time_callable` statistics (ms); used by the autotuner.
+    Returns :func:`parnasc.deploy.bench.time_callable` statistics (ms); used by the autotuner.
     """
-    from parnasc.bench import time_callable
+    from parnasc.deploy.bench import time_callable
 
     rng = np.random.default_rng(0)
     cpus = _cpus(cores)
@@ -517,7 +518,7 @@ def measure_interleaved(
     rotated every round, each chunk after a bounded wait for a quiet machine), so slow drifts
     of a shared machine hit every plan alike.  Returns one statistics dict per plan (ms).
     """
-    from parnasc.bench import _raw_samples, _stats
+    from parnasc.deploy.bench import _raw_samples, _stats
 
     cpus = _cpus(cores)
     first = plans[0][0][0][0].graph.input[0]
@@ -651,7 +652,7 @@ class Runtime:
 
     def _retime(self, x: np.ndarray, rounds: int, per_round: int, warmup: int) -> None:
         """Time every plan on ``x`` in interleaved chunks and switch to the best."""
-        from parnasc.bench import _raw_samples
+        from parnasc.deploy.bench import _raw_samples
 
         plans = dict(self._plans)
         samples: dict[str, list[float]] = {k: [] for k in plans}

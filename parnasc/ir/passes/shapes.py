@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from parnasc import ops
 from parnasc.errors import Collector, Span
-from parnasc.ir import IR, Node
-from parnasc.ops import Shape, ShapeError
+from parnasc.ir import ops
+from parnasc.ir.graph import IR, Node
+from parnasc.ir.ops import Shape, ShapeError
 
 
 class _CandidateError(ShapeError):

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from parnasc import __version__
-from parnasc.fmt import fmt_number, format_document
-from parnasc.ir import IR
-from parnasc.parse import parse
-from parnasc.spec import OptimSpec, Spec
+from parnasc.ir.graph import IR
+from parnasc.lang.fmt import fmt_number, format_document
+from parnasc.lang.parse import parse
+from parnasc.lang.spec import OptimSpec, Spec
 
 
 def _p(probs: dict[str, list[float]], key: str, labels: list[str], chosen: str) -> str:

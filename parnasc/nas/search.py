@@ -19,12 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from parnasc import __version__
 from parnasc.errors import UserError
-from parnasc.ir import IR
-from parnasc.loss import CostModel, flops_costs, total_loss
-from parnasc.lower import Net, lower, transfer_weights
-from parnasc.passes.prune import prune
-from parnasc.spec import OptimSpec, SearchSpec, Spec
-from parnasc.train import (
+from parnasc.ir.graph import IR
+from parnasc.ir.passes.prune import prune
+from parnasc.lang.spec import OptimSpec, SearchSpec, Spec
+from parnasc.nas.loss import CostModel, flops_costs, total_loss
+from parnasc.nas.lower import Net, lower, transfer_weights
+from parnasc.nas.train import (
     RECORD_FORMAT,
     DataRecord,
     JsonLog,
@@ -362,7 +362,7 @@ def search(
     transfer_weights(concrete, net, choices)
     atomic_save({"net": concrete.state_dict(), "meta": meta}, run_dir / "searched.pt")
     atomic_save({"net": net.state_dict(), "meta": meta}, run_dir / "supernet.pt")
-    from parnasc.concrete import concrete_spec_text
+    from parnasc.ir.to_pnas import concrete_spec_text
 
     text = concrete_spec_text(concrete_ir, spec, final_probs, asdict(settings))
     atomic_text(run_dir / "derived.pnas", text)
@@ -380,7 +380,7 @@ def search(
 
 
 def _optim(d: dict[str, Any]) -> Any:
-    from parnasc.spec import OptimSpec
+    from parnasc.lang.spec import OptimSpec
 
     return OptimSpec.model_validate(d)
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parnasc import ops
-from parnasc.ir import IR, Node
+from parnasc.ir import ops
+from parnasc.ir.graph import IR, Node
 
 
 class Combine(nn.Module):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from parnasc import passes
 from parnasc.errors import PnasError, Span
-from parnasc.ir import IR, build, gc_paused
-from parnasc.parse import Document, parse, parse_file
-from parnasc.spec import Spec, resolve
+from parnasc.ir import passes
+from parnasc.ir.graph import IR, build, gc_paused
+from parnasc.lang.parse import Document, parse, parse_file
+from parnasc.lang.spec import Spec, resolve
 
 
 def compile_document(doc: Document) -> tuple[Spec, IR]:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from parnasc.files import atomic_path
-from parnasc.ir import IR, Node, count, flops_range, search_space_size
-from parnasc.summary import human
+from parnasc.ir.graph import IR, Node, count, flops_range, search_space_size
+from parnasc.viz.summary import human
 
 FORMATS = ("svg", "png", "pdf")
 MAX_LEVELS = 24  # longer supernets show their first and last levels around an ellipsis row

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 
-from parnasc.ir import IR
+from parnasc.ir.graph import IR
 
 
 class PruneError(ValueError):

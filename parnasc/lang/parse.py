@@ -233,10 +233,8 @@ class Document:
 
 
 def grammar_path() -> Path:
-    """The canonical grammar in a source checkout, else the package copy of an installed wheel."""
-    here = Path(__file__).resolve().parent
-    checkout = here.parent / "grammar" / "pnas.lark"
-    return checkout if checkout.is_file() else here / "pnas.lark"
+    """The grammar file, shipped inside the package beside this module."""
+    return Path(__file__).resolve().with_name("pnas.lark")
 
 
 _COMMENTS: list[Token] = []  # filled by the lexer callback during one parse

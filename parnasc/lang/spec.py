@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from parnasc import ops
 from parnasc.errors import Collector, Span, did_you_mean
-from parnasc.fmt import canonical_text, fmt_expr, fmt_value
-from parnasc.parse import (
+from parnasc.ir import ops
+from parnasc.lang.fmt import canonical_text, fmt_expr, fmt_value
+from parnasc.lang.parse import (
     Arg,
     BinOp,
     Call,

@@ -2,7 +2,7 @@
 
 Every distinct operation of the search space (each candidate of every block, the stem and head
 ops, every combine at a sync site or the merge) is built through the op registry at its real
-shapes, put in eval mode and channels_last layout (as `parnasc.lower` builds it), and timed at
+shapes, put in eval mode and channels_last layout (as `parnasc.nas.lower` builds it), and timed at
 batch 1 with one torch thread under `torch.inference_mode()`: after a warm-up, the median of
 `SAMPLES` timed samples, each a loop of enough calls to last about two milliseconds.
 
@@ -33,11 +33,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from parnasc import ops
 from parnasc.files import write_text
-from parnasc.ir import IR, Node
-from parnasc.loss import CostModel
-from parnasc.lower import Combine, arch_key
+from parnasc.ir import ops
+from parnasc.ir.graph import IR, Node
+from parnasc.nas.loss import CostModel
+from parnasc.nas.lower import Combine, arch_key
 
 PROTOCOL = 1  # bump when the measuring method changes (invalidates caches)
 SAMPLES = 25  # timed samples per op; the median is kept

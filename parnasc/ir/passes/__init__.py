@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from parnasc.ir import IR, gc_paused
-from parnasc.passes.costs import annotate_costs
-from parnasc.passes.shapes import infer_shapes
-from parnasc.passes.verify import verify
+from parnasc.ir.graph import IR, gc_paused
+from parnasc.ir.passes.costs import annotate_costs
+from parnasc.ir.passes.shapes import infer_shapes
+from parnasc.ir.passes.verify import verify
 
 Pass = Callable[[IR], IR]
 PIPELINE: tuple[Pass, ...] = (infer_shapes, annotate_costs)

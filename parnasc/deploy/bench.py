@@ -11,7 +11,7 @@ Engines (names are stable, ``parnasc bench`` prints them):
   ~= sequential), and with ``cores+1`` plus spinning three threads fight for two CPUs
   (~8 ms per run); ``cores+1`` without spinning is its best working setting here.
 * ``torch``: the eager module (if given), ``torch.set_num_threads(cores)``
-* ``parnasc``: :class:`parnasc.runtime.Runtime` following ``schedule.json``
+* ``parnasc``: :class:`parnasc.deploy.runtime.Runtime` following ``schedule.json``
 
 The machine may be shared, so timing is done in chunks, each after waiting (bounded) for the
 other CPUs to go quiet, and engines are interleaved round-robin; every engine gets the same
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from parnasc.runtime import Runtime, load_schedule
+from parnasc.deploy.runtime import Runtime, load_schedule
 
 ENGINES = ("ort-sequential", "ort-intra", "ort-parallel-partition", "torch", "parnasc")
 # ``matches``: every engine runs the same float32 model with other kernels (ORT's MLAS in
@@ -226,8 +226,8 @@ def benchmark(
     timed chunks, i.e. load from other processes), plus for ``parnasc``: ``plan`` (the plan
     it ran at the end), ``scheduled_plan`` (the one ``schedule.json`` names) and
     ``plan_medians_ms`` (its last timing of each plan it holds; see
-    :class:`parnasc.runtime.Runtime`, ``adapt``).  With ``adapt`` the runtime re-checks its
-    plans (:meth:`~parnasc.runtime.Runtime.recalibrate`) between rounds, outside the timed
+    :class:`parnasc.deploy.runtime.Runtime`, ``adapt``).  With ``adapt`` the runtime re-checks its
+    plans (:meth:`~parnasc.deploy.runtime.Runtime.recalibrate`) between rounds, outside the timed
     calls.
     """
     model_dir = Path(model_dir)
@@ -338,7 +338,7 @@ def path_parallel_bound(model_dir: Path, cores: int, reps: int = 300,
     """
     import tempfile
 
-    from parnasc.emit import scope_of, stages
+    from parnasc.deploy.emit import scope_of, stages
 
     model_dir = Path(model_dir)
     sched = load_schedule(model_dir)

@@ -25,10 +25,11 @@ from typing import Any, Literal
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field
 
-from parnasc import __version__, ops
+from parnasc import __version__
 from parnasc.errors import Span
-from parnasc.ops import Cost, Shape
-from parnasc.spec import OpSpec, Spec
+from parnasc.ir import ops
+from parnasc.ir.ops import Cost, Shape
+from parnasc.lang.spec import OpSpec, Spec
 
 IR_SCHEMA = "parnasc.ir/1"
 NodeKind = Literal["input", "op", "block", "sync", "merge", "output"]
@@ -227,7 +228,7 @@ def _candidate(o: OpSpec, in_level: bool = False) -> Candidate:
 
 
 def build(spec: Spec) -> IR:
-    """The graph structure of `spec`, without shapes and costs (see parnasc.passes)."""
+    """The graph structure of `spec`, without shapes and costs (see parnasc.ir.passes)."""
     with gc_paused():
         return _build(spec)
 

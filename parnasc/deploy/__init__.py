@@ -1,0 +1,1 @@
+"""Deployment: ONNX export and the per-core schedule, the multicore runtime, benchmarks."""

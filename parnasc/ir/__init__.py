@@ -1,0 +1,2 @@
+"""The IR: the networkx graph with shapes and costs, the op registry, the front end that builds
+it from text, its passes (shapes, costs, prune, verify) and its printers (text, JSON, .pnas)."""

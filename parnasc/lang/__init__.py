@@ -1,0 +1,1 @@
+"""The .pnas language: grammar, parser with source spans, canonical formatter, validated Spec."""
