@@ -53,6 +53,23 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def block_key(level: str, path: int) -> str:
+    """The architecture key of a block's decision: `l2`, 1 -> `l2:p1`."""
+    return f"{level}:p{path}"
+
+
+def sync_key(level: str) -> str:
+    """The architecture key of a searchable sync site's decision: `l2` -> `l2:sync`."""
+    return f"{level}:sync"
+
+
+def arch_key(node_id: str) -> str:
+    """The architecture key of an IR node id: `l1.p2` -> `l1:p2`, `l1.sync` -> `l1:sync`
+    (torch parameter names cannot contain dots)."""
+    level, _, rest = node_id.rpartition(".")
+    return f"{level}:{rest}"
+
+
 class Candidate(BaseModel):
     """One candidate op of a block (a plain op node has exactly one)."""
 

@@ -35,9 +35,9 @@ from torch import nn
 
 from parnasc.files import write_text
 from parnasc.ir import ops
-from parnasc.ir.graph import IR, Node
+from parnasc.ir.graph import IR, Node, arch_key
 from parnasc.nas.loss import CostModel
-from parnasc.nas.lower import Combine, arch_key
+from parnasc.nas.lower import Combine
 
 PROTOCOL = 1  # bump when the measuring method changes (invalidates caches)
 SAMPLES = 25  # timed samples per op; the median is kept

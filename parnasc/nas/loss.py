@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from parnasc.ir.graph import IR
-from parnasc.nas.lower import Net, arch_key
+from parnasc.ir.graph import IR, arch_key
+from parnasc.nas.lower import Net
 
 
 @dataclass

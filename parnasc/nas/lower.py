@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from parnasc.ir import ops
-from parnasc.ir.graph import IR, Node
+from parnasc.ir.graph import IR, Node, arch_key
 
 
 class Combine(nn.Module):
@@ -62,12 +62,6 @@ def _build_op(n: Node, index: int = 0) -> nn.Module:
     c = n.candidates[index]
     assert n.out_shape is not None
     return ops.REGISTRY[c.kind].build(n.in_shapes[0], n.out_shape, c.params)
-
-
-def arch_key(node_id: str) -> str:
-    """`l1.p2` -> `l1:p2` (parameter names cannot contain dots)."""
-    level, _, rest = node_id.rpartition(".")
-    return f"{level}:{rest}"
 
 
 class Net(nn.Module):
