@@ -39,7 +39,6 @@ import json
 import multiprocessing as mp
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -50,13 +49,17 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from parnasc import timing  # noqa: E402
 from parnasc.cpus import allowed_cpus, set_affinity  # noqa: E402
-from parnasc.deploy.emit import scope_of, stages  # noqa: E402
+from parnasc.deploy.partition import ort_optimized  # noqa: E402
+from parnasc.deploy.schema import scope_of, stages  # noqa: E402
+from parnasc.deploy.segments import extract_segment  # noqa: E402
+from parnasc.deploy.sessions import open_session, session_options  # noqa: E402
 
 Step = tuple[Any, ...]  # ("run", model bytes, {input: view}, {output: view}) | ("post"|"wait", i)
 View = tuple[str, int, tuple[int, ...] | None]  # buffer, first element, shape (None: all of it)
@@ -87,17 +90,6 @@ def compare(got: np.ndarray, ref: np.ndarray, rtol: float = RTOL) -> tuple[float
     return err, rel, bool(np.isfinite(got).all() and rel <= rtol)
 
 
-def ort_optimized(model_path: Path) -> onnx.ModelProto:
-    """ORT's optimized graph of ``model_path`` (NCHWc ops) for this machine."""
-    with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.log_severity_level = 3
-        so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
-        ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-        return onnx.load(str(Path(tmp) / "opt.onnx"))
-
-
 def node_scopes(g: onnx.GraphProto) -> list[str]:
     """Scope per node; ORT's unscoped reorders join the scope of their consumer."""
     sc = [scope_of(n.name.removeprefix("fused ")) for n in g.node]
@@ -112,32 +104,9 @@ def node_scopes(g: onnx.GraphProto) -> list[str]:
 
 
 def segment(m: onnx.ModelProto, scopes: list[str], keep: set[str] | None = None) -> onnx.ModelProto:
-    """Sub-graph of ``scopes``; outputs: tensors used outside it (only ``keep``, if given)."""
-    g = m.graph
-    sc = node_scopes(g)
-    want = set(scopes)
-    nodes = [n for n, s in zip(g.node, sc, strict=True) if s in want]
-    inits = {t.name: t for t in g.initializer}
-    produced = {o for n in nodes for o in n.output}
-    outside = {v for n, s in zip(g.node, sc, strict=True) if s not in want for v in n.input}
-    outside |= {o.name for o in g.output}
-    ins: list[str] = []
-    used: dict[str, onnx.TensorProto] = {}
-    for n in nodes:
-        for v in n.input:
-            if v and v not in produced:
-                if v in inits:
-                    used[v] = inits[v]
-                elif v not in ins:
-                    ins.append(v)
-    outs = [o for n in nodes for o in n.output if o in outside and (keep is None or o in keep)]
-
-    def vi(v: str) -> onnx.ValueInfoProto:
-        return helper.make_tensor_value_info(v, TensorProto.FLOAT, None)
-
-    graph = helper.make_graph(nodes, "segment", [vi(v) for v in ins], [vi(v) for v in outs],
-                              list(used.values()))
-    return helper.make_model(graph, opset_imports=m.opset_import, ir_version=m.ir_version)
+    """Sub-graph of ``scopes`` of ORT's optimized graph ``m`` (scopes by :func:`node_scopes`,
+    untyped inputs and outputs); outputs: tensors used outside it (only ``keep``, if given)."""
+    return extract_segment(m, scopes, node_scopes=node_scopes(m.graph), keep=keep, shapes=False)
 
 
 def nchwc_block(blocked: np.ndarray, ref: np.ndarray) -> int:
@@ -196,15 +165,11 @@ def stem_half(m: onnx.ModelProto, k: int, height: int, out_shape: list[int],
 
 
 def session(model: onnx.ModelProto | bytes, threads: int = 1,
-            level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            ) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.graph_optimization_level = level
+            optimize: bool = False) -> ort.InferenceSession:
+    """A session of ``model``, without graph optimizations unless ``optimize`` (the segments
+    are already ORT's optimized graph)."""
     src = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    return open_session(src, session_options(threads, optimize=optimize))
 
 
 def plan(model_dir: Path) -> tuple[dict[str, tuple[int, list[int]]], int, int,
@@ -520,14 +485,8 @@ class Lanes:
 
 
 def median_us(fn: Callable[[], object], n: int) -> float:
-    for _ in range(50):
-        fn()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)) * 1e6
+    """Median microseconds of ``n`` calls of ``fn`` after 50 warm-up calls."""
+    return timing.time_callable(fn, n, warmup=50, chunk=n, quiet=False)["median_ms"] * 1e3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -538,8 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model_dir / "model.onnx"
     shape = [1, *json.loads((args.model_dir / "schedule.json").read_text())["input_shape"]]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    full = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    s1, s2 = session(model.read_bytes(), 1, full), session(model.read_bytes(), 2, full)
+    s1, s2 = session(model.read_bytes(), 1, True), session(model.read_bytes(), 2, True)
     lanes = Lanes(args.model_dir)
     try:
         ref = s1.run(None, {"input": x})[0]
@@ -554,12 +512,15 @@ def main(argv: list[str] | None = None) -> int:
             "ort-intra": lambda: s2.run(None, {"input": x}),
             "lanes": lambda: lanes.run(x),
         }
-        res: dict[str, list[float]] = {k: [] for k in engines}
-        for _ in range(5):  # interleaved rounds; only lanes runs pinned
-            for k, fn in engines.items():
-                lanes.pinned(k == "lanes")
-                res[k].append(median_us(fn, args.reps // 5))
+        names = list(engines)
+        # 5 interleaved rounds, 50 warm-up calls before each engine's turn; only lanes runs
+        # pinned
+        series = timing.interleaved(
+            [engines[k] for k in names], 5, args.reps // 5, rotate=False, quiet=False,
+            chunk=args.reps, rewarm=50, before_chunk=lambda i: lanes.pinned(names[i] == "lanes"))
         lanes.pinned(True)
+        res = {k: [float(np.median(r)) * 1e6 for r in s.rounds]
+               for k, s in zip(names, series, strict=True)}
         med = {k: float(np.median(v)) for k, v in res.items()}
         for k, v in med.items():
             print(f"{k:16s} {v:8.1f} us   (round medians {', '.join(f'{r:.0f}' for r in res[k])})")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# The stand-in model builder lives with the tests until the lowering exists.
+# The reference models (real specs through the real lowering) are built by the tests.
 sys.path.insert(0, str(ROOT / "tests"))
 
 from test_runtime import make_test_net  # noqa: E402

@@ -20,16 +20,11 @@ import torch
 from torch import nn
 
 from parnasc.cpus import allowed_cpus
-from parnasc.deploy.emit import (
-    SCHEDULE_SCHEMA,
-    PlanChoice,
-    build_schedule,
-    compile_model_dir,
-    export_onnx,
-    read_structure,
-    scope_of,
-)
+from parnasc.deploy.emit import build_schedule, compile_model_dir
+from parnasc.deploy.export import export_onnx
 from parnasc.deploy.runtime import Runtime, choose_plan
+from parnasc.deploy.schedule import PlanChoice
+from parnasc.deploy.schema import SCHEDULE_SCHEMA, read_structure, scope_of
 from parnasc.errors import UserError
 from parnasc.ir.frontend import compile_file, compile_source
 from parnasc.nas.lower import Net, lower
@@ -439,20 +434,20 @@ def test_run_never_retimes(cifar: tuple[nn.Module, Path, onnx.ModelProto], tmp_p
                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Each run() is exactly one inference of the current plan: the re-check of plans is only
     at start-up and in recalibrate() (it used to run ~40 inferences inside one call in 50)."""
-    from parnasc.deploy.runtime import _Executor
+    from parnasc.deploy.runtime import Executor
 
     x, ref = _streams_model_dir(cifar, tmp_path)
     with Runtime(tmp_path, cores=2, calibration_reps=6) as rt:
         retimes = []
         monkeypatch.setattr(rt, "_retime", lambda *a, **k: retimes.append(a))
         calls = Counter[str]()
-        real = _Executor.run
+        real = Executor.run
 
-        def counted(self: _Executor, v: np.ndarray) -> np.ndarray:
+        def counted(self: Executor, v: np.ndarray) -> np.ndarray:
             calls[next(k for k, e in rt._plans.items() if e is self)] += 1
             return real(self, v)
 
-        monkeypatch.setattr(_Executor, "run", counted)
+        monkeypatch.setattr(Executor, "run", counted)
         for _ in range(250):  # past the old re-check points (50, 100, 200)
             rt.run(x)
         assert not retimes

@@ -24,7 +24,7 @@ import contextlib
 import json
 import os
 import sys
-import time
+import tempfile
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -33,7 +33,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from parnasc.deploy.runtime import Runtime, load_schedule
+from parnasc.deploy.runtime import Runtime
+from parnasc.deploy.schema import load_schedule, scope_of, stages
+from parnasc.deploy.sessions import open_session, session_options
+from parnasc.timing import interleaved, stats
 
 ENGINES = ("ort-sequential", "ort-intra", "ort-parallel-partition", "torch", "parnasc")
 # ``matches``: every engine runs the same float32 model with other kernels (ORT's MLAS in
@@ -41,87 +44,6 @@ ENGINES = ("ort-sequential", "ort-intra", "ort-parallel-partition", "torch", "pa
 # measured <= 1e-7 on outputs of magnitude ~0.1-0.5; these leave two orders of magnitude.
 RTOL = 1e-4
 ATOL = 1e-5
-
-
-def _cpu_times() -> tuple[int, int]:
-    with open("/proc/stat", encoding="ascii") as fh:
-        vals = [int(v) for v in fh.readline().split()[1:]]
-    return vals[3] + vals[4], sum(vals)
-
-
-def system_busy(window_s: float = 0.03) -> float:
-    """Fraction of all CPUs busy during ``window_s`` (0..1); 0 where /proc is unavailable."""
-    try:
-        i0, t0 = _cpu_times()
-        time.sleep(window_s)
-        i1, t1 = _cpu_times()
-    except OSError:
-        return 0.0
-    return 1.0 - (i1 - i0) / max(t1 - t0, 1)
-
-
-def wait_quiet(threshold: float = 0.15, timeout_s: float = 3.0) -> float:
-    """Wait until the machine is mostly idle (or ``timeout_s``); return the last busy level."""
-    end = time.monotonic() + timeout_s
-    busy = system_busy()
-    while busy > threshold and time.monotonic() < end:
-        busy = system_busy()
-    return busy
-
-
-def _stats(samples: list[float]) -> dict[str, float]:
-    a = np.asarray(samples) * 1e3
-    return {
-        "median_ms": float(np.median(a)),
-        "p90_ms": float(np.percentile(a, 90)),
-        "p99_ms": float(np.percentile(a, 99)),
-        "mean_ms": float(a.mean()),
-        "min_ms": float(a.min()),
-    }
-
-
-def time_callable(
-    fn: Callable[[], object],
-    reps: int,
-    warmup: int = 20,
-    chunk: int = 50,
-    quiet: bool = True,
-    quiet_timeout_s: float = 3.0,
-) -> dict[str, float]:
-    """Time ``reps`` calls of ``fn`` after ``warmup`` calls.
-
-    Returns ms statistics plus ``other_load`` (mean CPU busy fraction seen before the chunks,
-    -1 when not checked).
-    """
-    for _ in range(warmup):
-        fn()
-    samples, busy = _raw_samples(fn, reps, chunk, quiet, quiet_timeout_s)
-    return {**_stats(samples), "other_load": float(np.mean(busy)) if busy else -1.0}
-
-
-def _raw_samples(
-    fn: Callable[[], object],
-    n: int,
-    chunk: int = 50,
-    quiet: bool = True,
-    quiet_timeout_s: float = 3.0,
-) -> tuple[list[float], list[float]]:
-    """``n`` timings (s) in chunks, each after a bounded wait for a quiet machine.
-
-    Also returns the busy level seen before each chunk (other processes' load).
-    """
-    out: list[float] = []
-    busy: list[float] = []
-    while len(out) < n:
-        if quiet:
-            busy.append(wait_quiet(timeout_s=quiet_timeout_s))
-            for _ in range(10):  # re-warm caches and thread pools after the wait
-                fn()
-        for _ in range(min(chunk, n - len(out))):
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-    return out, busy
 
 
 @contextlib.contextmanager
@@ -138,16 +60,11 @@ def _stdout_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def _ort_session(path: Path, **opts: Any) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(opts.get("intra", 1))
-    so.inter_op_num_threads = int(opts.get("inter", 1))
-    so.execution_mode = opts.get("mode", ort.ExecutionMode.ORT_SEQUENTIAL)
-    so.log_severity_level = 3
-    for k, v in opts.get("config", {}).items():
-        so.add_session_config_entry(k, v)
+def _ort_session(path: Path, intra: int, inter: int = 1, *, parallel: bool = False,
+                 config: dict[str, str] | None = None) -> ort.InferenceSession:
     with _stdout_silenced():
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return open_session(path, session_options(intra, inter, parallel=parallel,
+                                                   config=config))
 
 
 def _engines(
@@ -168,17 +85,17 @@ def _engines(
             name = sess.get_inputs()[0].name
             return lambda x: sess.run(None, {name: x})[0]
 
-        s1 = _ort_session(model, intra=1)
+        s1 = _ort_session(model, 1)
         out["ort-sequential"] = (1, ort_engine(s1), lambda: None)
-        s2 = _ort_session(model, intra=cores)
+        s2 = _ort_session(model, cores)
         out["ort-intra"] = (cores, ort_engine(s2), lambda: None)
         part = model_dir / "ort_partition.json"
         if part.exists():
             s3 = _ort_session(
                 model,
-                intra=1,
-                inter=cores + 1,
-                mode=ort.ExecutionMode.ORT_PARALLEL,
+                1,
+                cores + 1,
+                parallel=True,
                 config={
                     "session.node_partition_config_file": str(part),
                     "session.inter_op.allow_spinning": "0",
@@ -237,8 +154,6 @@ def benchmark(
     engines, rt = _engines(model_dir, cores, torch_module, adapt)
     try:
         ref = engines["ort-sequential"][1](x)
-        samples: dict[str, list[float]] = {k: [] for k in engines}
-        busy_seen: dict[str, list[float]] = {k: [] for k in engines}
         errs: dict[str, float] = {}
         ok: dict[str, bool] = {}
         for name, (_, fn, _) in engines.items():
@@ -247,26 +162,21 @@ def benchmark(
             ok[name] = y.shape == ref.shape and bool(np.allclose(y, ref, rtol=RTOL, atol=ATOL))
             for _ in range(warmup):
                 fn(x)
-        # Short interleaved chunks: a burst of outside load hits every engine alike.
-        n_rounds = rounds if rounds is not None else max(4, -(-reps // 25))
-        per_round = max(1, -(-reps // n_rounds))
-        names = list(engines)
-        for rnd in range(n_rounds):
+
+        def recheck(rnd: int) -> None:
+            # the runtime's re-check of its plans, between rounds (never inside a timed call:
+            # Runtime.run does not re-time)
             if adapt and rnd:
-                # the runtime's re-check of its plans, between rounds (never inside a timed
-                # call: Runtime.run does not re-time)
                 rt.recalibrate(x)
-            # rotate the order so that no engine always follows the same one (torch's
-            # OpenMP threads, for one, measurably slow whatever runs right after them)
-            order = names[rnd % len(names):] + names[: rnd % len(names)]
-            for name in order:
-                fn = engines[name][1]
-                need = min(per_round, reps - len(samples[name]))
-                if need <= 0:
-                    continue
-                st, busy = _raw_samples(lambda f=fn: f(x), need, quiet=quiet)  # type: ignore[misc]
-                samples[name].extend(st)
-                busy_seen[name].extend(busy)
+
+        # Short interleaved chunks: a burst of outside load hits every engine alike; the order
+        # rotates so that no engine always follows the same one (torch's OpenMP threads, for
+        # one, measurably slow whatever runs right after them).
+        n_rounds = rounds if rounds is not None else max(4, -(-reps // 25))
+        names = list(engines)
+        series = dict(zip(names, interleaved(
+            [partial(engines[k][1], x) for k in names], n_rounds, max(1, -(-reps // n_rounds)),
+            total=reps, quiet=quiet, before_round=recheck), strict=True))
     finally:
         for _, _, close in engines.values():
             close()
@@ -274,14 +184,15 @@ def benchmark(
     for name in ENGINES:
         if name not in engines:
             continue
+        got = series[name]
         row: dict[str, Any] = {
             "engine": name,
             "threads": engines[name][0],
-            **_stats(samples[name]),
-            "reps": len(samples[name]),
+            **stats(got.samples),
+            "reps": len(got.samples),
             "max_abs_err": errs[name],
             "matches": ok[name],
-            "other_load": float(np.mean(busy_seen[name])) if busy_seen[name] else None,
+            "other_load": float(np.mean(got.busy)) if got.busy else None,
         }
         if name == "parnasc":
             row["plan"] = rt.plan
@@ -318,6 +229,45 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _node_us(model: Path, x: np.ndarray, reps: int) -> dict[str, float]:
+    """Median single-threaded kernel time (us) of every node of ORT's optimized graph of
+    ``model``, from ORT's profiler over ``reps`` runs of the whole model."""
+    with tempfile.TemporaryDirectory() as tmp:
+        prof = open_session(model, session_options(1, profile_prefix=Path(tmp) / "prof"))
+        feed = {prof.get_inputs()[0].name: x}
+        for _ in range(reps):
+            prof.run(None, feed)
+        events = json.loads(Path(prof.end_profiling()).read_text(encoding="utf-8"))
+    per_node: dict[str, list[float]] = {}
+    for ev in events:
+        name = str(ev.get("name", ""))
+        if ev.get("cat") == "Node" and name.endswith("_kernel_time"):
+            per_node.setdefault(name[: -len("_kernel_time")], []).append(float(ev["dur"]))
+    return {k: float(np.median(v)) for k, v in per_node.items()}
+
+
+def _ort_medians_ms(model: Path, cores: int, x: np.ndarray, reps: int,
+                    quiet: bool) -> tuple[float, float]:
+    """Medians (ms) of ORT sequential and ORT intra-op on the whole model, interleaved."""
+    sessions = [_ort_session(model, 1), _ort_session(model, cores)]
+    name = sessions[0].get_inputs()[0].name
+    runs = [partial(sess.run, None, {name: x}) for sess in sessions]
+    seq, intra = interleaved(runs, max(1, reps // 50), 50, rotate=False, quiet=quiet,
+                             quiet_timeout_s=1.0)
+    return float(np.median(seq.samples)) * 1e3, float(np.median(intra.samples)) * 1e3
+
+
+def _scope_groups(node_us: dict[str, float], scale: float) -> dict[str, float]:
+    """Scaled node times (ms) summed per path scope, and per kind for everything else
+    (``stem``, ``syncs``, ``merge``, ``head``, ``unscoped``)."""
+    groups: dict[str, float] = {}
+    for node, us in node_us.items():
+        sc = scope_of(node.removeprefix("fused "))  # ORT's fusions prefix the node name
+        key = sc if sc.startswith("paths.") else (sc.split(".")[0] if sc else "unscoped")
+        groups[key] = groups.get(key, 0.0) + us * scale / 1e3
+    return groups
+
+
 def path_parallel_bound(model_dir: Path, cores: int, reps: int = 300,
                         quiet: bool = True) -> dict[str, Any]:
     """Best latency any path-per-core schedule of ``model_dir`` could reach with ORT's kernels.
@@ -336,58 +286,20 @@ def path_parallel_bound(model_dir: Path, cores: int, reps: int = 300,
     ``ceiling_vs_intra`` (``ort-sequential`` or ``ort-intra`` median / bound), plus
     ``breakdown_ms`` (scaled time per scope group).
     """
-    import tempfile
-
-    from parnasc.deploy.emit import scope_of, stages
-
     model_dir = Path(model_dir)
     sched = load_schedule(model_dir)
     model = model_dir / sched["model"]
     x = np.random.default_rng(0).standard_normal([1, *sched["input_shape"]]).astype(np.float32)
-    with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(tmp) / "prof")
-        prof = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-        feed = {prof.get_inputs()[0].name: x}
-        for _ in range(reps):
-            prof.run(None, feed)
-        events = json.loads(Path(prof.end_profiling()).read_text(encoding="utf-8"))
-    per_node: dict[str, list[float]] = {}
-    for ev in events:
-        name = str(ev.get("name", ""))
-        if ev.get("cat") == "Node" and name.endswith("_kernel_time"):
-            per_node.setdefault(name[: -len("_kernel_time")], []).append(float(ev["dur"]))
-    node_us = {k: float(np.median(v)) for k, v in per_node.items()}
-
-    s1 = _ort_session(model, intra=1)
-    s2 = _ort_session(model, intra=cores)
-    name = s1.get_inputs()[0].name
-    t: dict[str, list[float]] = {"seq": [], "intra": []}
-    for _ in range(max(1, reps // 50)):
-        for key, sess in (("seq", s1), ("intra", s2)):
-            got, _ = _raw_samples(partial(sess.run, None, {name: x}), 50, quiet=quiet,
-                                  quiet_timeout_s=1.0)
-            t[key] += got
-    seq_ms = float(np.median(t["seq"])) * 1e3
-    intra_ms = float(np.median(t["intra"])) * 1e3
+    node_us = _node_us(model, x, reps)
+    seq_ms, intra_ms = _ort_medians_ms(model, cores, x, reps, quiet)
     scale = seq_ms / (sum(node_us.values()) / 1e3) if node_us else 1.0
-
-    groups: dict[str, float] = {}
-    for node, us in node_us.items():
-        sc = scope_of(node.removeprefix("fused "))  # ORT's fusions prefix the node name
-        key = sc if sc.startswith("paths.") else (sc.split(".")[0] if sc else "unscoped")
-        groups[key] = groups.get(key, 0.0) + us * scale / 1e3
+    groups = _scope_groups(node_us, scale)
     serial = sum(v for k, v in groups.items() if not k.startswith("paths."))
-    parallel = 0.0
-    for levels in stages({"levels": sched["levels"], "syncs": sched["syncs"]}):
-        parallel += max(
-            sum(groups.get(f"paths.p{p}.{lvl}", 0.0) for lvl in levels)
-            for p in range(1, int(sched["paths"]) + 1)
-        )
+    parallel = sum(
+        max(sum(groups.get(f"paths.p{p}.{lvl}", 0.0) for lvl in levels)
+            for p in range(1, int(sched["paths"]) + 1))
+        for levels in stages({"levels": sched["levels"], "syncs": sched["syncs"]})
+    )
     bound = serial / cores + parallel
     return {
         "cores": cores,

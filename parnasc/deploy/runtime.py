@@ -23,14 +23,14 @@ intra-op baseline).
 Intra-op spinning is disabled when a plan mixes intra-op and stream phases, so an idle
 spinning ORT helper cannot steal the CPU of a worker lane.
 
-Which plan runs is decided by :func:`parnasc.deploy.emit.build_schedule` by measurement on the
-target, and re-checked by :class:`Runtime` itself (``adapt``): it also holds the whole model
-with 1 and ``cores`` intra-op threads, times the plans interleaved when it starts, and runs the
-fastest (3% hysteresis).  Later re-checks happen only when the caller asks
-(:meth:`Runtime.recalibrate`; ``parnasc bench`` calls it between its measurement rounds):
-:meth:`Runtime.run` never times anything, so no user call pays for a re-check, and there is
-no background re-timer either (its inferences would compete with the caller's for the same
-cores, skewing both).
+Which plan runs is decided by the autotuner (:mod:`parnasc.deploy.autotune`, through this
+module's :func:`build_executor`) by measurement on the target, and re-checked by
+:class:`Runtime` itself (``adapt``): it also holds the whole model with 1 and ``cores``
+intra-op threads, times the plans interleaved when it starts, and runs the fastest (3%
+hysteresis).  Later re-checks happen only when the caller asks (:meth:`Runtime.recalibrate`;
+``parnasc bench`` calls it between its measurement rounds): :meth:`Runtime.run` never times
+anything, so no user call pays for a re-check, and there is no background re-timer either (its
+inferences would compete with the caller's for the same cores, skewing both).
 
 Lifetime: :meth:`Runtime.close` (also ``with Runtime(...)``, garbage collection and interpreter
 exit, through :func:`weakref.finalize`) stops the worker threads; a :class:`Runtime` whose
@@ -39,30 +39,12 @@ is inside ``run()`` waits for that run (its waits are bounded); later runs raise
 :class:`RuntimeError`.  A malformed, truncated or foreign model directory is one
 :class:`parnasc.errors.UserError` naming ``DIR/schedule.json`` (:func:`load_schedule`).
 
-Tried and dropped (measured on a 2-vCPU AMD EPYC VM, ORT 1.32):
-
-* one pinned worker *process* per extra core, tensors in ``multiprocessing.shared_memory``
-  bound in place with ORT I/O binding, handoff by spinning on a shared-memory stamp (round
-  trip 0.5 us, vs 54-67 us to wake a pinned thread): 1.17x over ORT 1 thread on
-  examples/camera_balanced.pnas but 0.83x of ORT's 2 intra-op threads.
-* the same with segments cut from ORT's own optimized graph, so the exchanged tensors stay in
-  ORT's blocked NCHWc layout (no reorder at a segment boundary), the stem split by output rows
-  over the cores, and ``run_with_iobinding`` (3 us per call instead of 7): the same output
-  as ORT's (``benchmarks/bench_lanes.py`` checks it), but 0.21-0.23 ms against 0.16-0.19 ms
-  for ORT's intra-op threads on camera_balanced.  Alone, a stem half takes 19 us and the
-  first path stage 67 us; inside a run 38 us and 76 us: the exchanged tensors (256 KB after
-  the stem) move between the cores' caches, which costs about as much as the work saved.
-  Copying the input into shared memory added ~25 us more.
-* threads: a streams phase costs ~38 us over its longest segment (queue handoff + GIL
-  re-acquisition + barrier; ``run_async`` on a pinned ORT pool thread was ~100 us).
-
-:func:`parnasc.deploy.bench.path_parallel_bound` (``parnasc bench --bound``) puts numbers on the
-head-room: the best any path-per-core schedule could do with ORT's kernels and free dispatch.
+Imports: numpy, onnxruntime and parnasc's torch-free base (``cpus``, ``errors``, ``timing``,
+``deploy.schema``, ``deploy.sessions``); deploying a model needs neither torch nor onnx.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import re
@@ -71,161 +53,40 @@ import time
 import weakref
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path, PurePath
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from parnasc.cpus import allowed_cpus, can_pin, set_affinity
-from parnasc.deploy.emit import SCHEDULE_SCHEMA
+from parnasc.deploy.schema import load_schedule
+from parnasc.deploy.sessions import open_session, session_options
 from parnasc.errors import UserError
+from parnasc.timing import interleaved
 
 __all__ = [
+    "Executor",
     "Runtime",
+    "build_executor",
     "choose_plan",
+    "lane_cpus",
     "load_schedule",
-    "measure_interleaved",
-    "measure_phases",
-    "session_options",
 ]
 
 _POLL_S = 0.05  # how often a wait on a worker checks that the worker is still alive
 
 
-def _cpus(cores: int | None) -> list[int]:
+def lane_cpus(cores: int | None) -> list[int]:
+    """The CPU of each lane: ``cores`` lanes (default: one per allowed CPU) over the allowed
+    CPUs, round-robin when there are more lanes than CPUs."""
     allowed = allowed_cpus()
     n = len(allowed) if cores is None else cores
     if n < 1:
         raise ValueError("cores must be >= 1")
     # More lanes than CPUs is allowed (lanes then share CPUs round-robin).
     return [allowed[i % len(allowed)] for i in range(n)]
-
-
-def session_options(threads: int, cpus: Sequence[int], spinning: bool = True,
-                    pin_helpers: bool = True) -> ort.SessionOptions:
-    """Explicit ORT options: ``threads`` intra-op threads, helpers pinned to ``cpus[1:threads]``
-    (with ``pin_helpers``; only sensible when the calling thread is pinned to ``cpus[0]``)."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    if pin_helpers and threads > 1 and len(cpus) >= threads:
-        # ORT's affinity string uses 1-based logical processor ids, one entry per helper.
-        aff = ";".join(str(c + 1) for c in cpus[1:threads])
-        so.add_session_config_entry("session.intra_op_thread_affinities", aff)
-    return so
-
-
-# --------------------------------------------------------------------------------------------
-# schedule.json
-# --------------------------------------------------------------------------------------------
-
-
-def _short(v: object, n: int = 60) -> str:
-    r = repr(v)
-    return r if len(r) <= n else r[: n - 3] + "..."
-
-
-def _is_int(v: object, lo: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-
-def _rel_file(v: object) -> bool:
-    if not isinstance(v, str) or not v:
-        return False
-    p = PurePath(v)
-    return not p.is_absolute() and ".." not in p.parts and "\\" not in v
-
-
-def load_schedule(model_dir: Path) -> dict[str, Any]:
-    """Read and check ``model_dir/schedule.json`` (schema ``parnasc.schedule/1``).
-
-    Checks what :class:`Runtime` relies on: a JSON object of this schema, the keys it reads
-    with their types, segment ids that phases name, files inside ``model_dir`` that exist.
-    Any fault is one :class:`~parnasc.errors.UserError` ``"DIR/schedule.json: ..."``.
-    """
-    path = Path(model_dir) / "schedule.json"
-
-    def bad(msg: str) -> UserError:
-        return UserError(f"{path}: {msg}")
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise bad("no schedule.json in this directory; run 'parnasc emit' first") from None
-    except UnicodeDecodeError:
-        raise bad("not UTF-8 text, so not a parnasc schedule") from None
-    except OSError as exc:
-        raise bad(f"cannot read it: {exc.strerror or exc}") from None
-    try:
-        sched = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise bad(f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-                  "truncated? re-run 'parnasc emit'") from None
-    if not isinstance(sched, dict):
-        raise bad(f"expected a JSON object (a parnasc schedule), found a JSON "
-                  f"{type(sched).__name__}")
-    if "schema" not in sched:
-        raise bad("no 'schema' key: not a parnasc schedule")
-    if sched["schema"] != SCHEDULE_SCHEMA:
-        raise bad(f"schema {_short(sched['schema'])} is not {SCHEDULE_SCHEMA!r}, the one this "
-                  "parnasc reads; re-run 'parnasc emit'")
-    checks: dict[str, tuple[str, Any]] = {
-        "model": ("a file name inside the directory", _rel_file),
-        "input": ("a tensor name", lambda v: isinstance(v, str) and bool(v)),
-        "output": ("a tensor name", lambda v: isinstance(v, str) and bool(v)),
-        "input_shape": ("a list of 3 positive integers (C, H, W)",
-                        lambda v: isinstance(v, list) and len(v) == 3
-                        and all(_is_int(d, 1) for d in v)),
-        "cores": ("a positive integer", lambda v: _is_int(v, 1)),
-        "plan": ("a plan name", lambda v: isinstance(v, str) and bool(v)),
-        "segments": ("a non-empty list of objects",
-                     lambda v: isinstance(v, list) and bool(v)
-                     and all(isinstance(s, dict) for s in v)),
-        "phases": ("a non-empty list of objects",
-                   lambda v: isinstance(v, list) and bool(v)
-                   and all(isinstance(p, dict) for p in v)),
-    }
-    for key, (what, ok) in checks.items():
-        if key not in sched:
-            raise bad(f"missing key {key!r}")
-        if not ok(sched[key]):
-            raise bad(f"{key!r} must be {what}, not {_short(sched[key])}")
-    seg_checks: dict[str, tuple[str, Any]] = {
-        "id": ("a string", lambda v: isinstance(v, str) and bool(v)),
-        "file": ("a file name inside the directory", _rel_file),
-        "core": ("an integer >= 0", lambda v: _is_int(v, 0)),
-        "threads": ("a positive integer", lambda v: _is_int(v, 1)),
-    }
-    by_id: dict[str, dict[str, Any]] = {}
-    for i, seg in enumerate(sched["segments"]):
-        for key, (what, ok) in seg_checks.items():
-            if key not in seg:
-                raise bad(f"segments[{i}]: missing key {key!r}")
-            if not ok(seg[key]):
-                raise bad(f"segments[{i}]: {key!r} must be {what}, not {_short(seg[key])}")
-        if seg["id"] in by_id:
-            raise bad(f"segment id {seg['id']!r} appears twice")
-        by_id[seg["id"]] = seg
-    for i, ph in enumerate(sched["phases"]):
-        ids = ph.get("segments")
-        if not isinstance(ids, list) or not ids:
-            raise bad(f"phases[{i}]: 'segments' must be a non-empty list of segment ids")
-        for sid in ids:
-            if not isinstance(sid, str) or sid not in by_id:
-                raise bad(f"phases[{i}] names segment {_short(sid)}, which 'segments' lacks")
-    used = [sched["model"]] + [by_id[s]["file"] for ph in sched["phases"] for s in ph["segments"]]
-    for f in dict.fromkeys(used):
-        if not (Path(model_dir) / f).is_file():
-            raise bad(f"{f} is missing from the directory (an incomplete copy?); "
-                      "re-run 'parnasc emit'")
-    return sched
 
 
 def _ort_reason(exc: BaseException) -> str:
@@ -320,7 +181,7 @@ class _Worker:
         return not self.thread.is_alive()
 
 
-class _Executor:
+class Executor:
     """Phases of segments over lanes; the core of :class:`Runtime` and of the autotuner."""
 
     def __init__(self, phases: list[list[_Seg]], cpus: list[int], input_name: str,
@@ -414,43 +275,44 @@ class _Executor:
                 self.lock.release()
 
 
-def _build_executor(
-    phases: Sequence[Sequence[tuple[onnx.ModelProto | Path, int, int]]],
+def build_executor(
+    phases: Sequence[Sequence[tuple[Path | bytes, int, int]]],
     cpus: list[int],
     input_name: str,
     output_name: str,
     timeout_s: float = 60.0,
-) -> _Executor:
-    """Sessions for ``phases`` ((model or file, lane, threads) per segment) and their lanes.
+) -> Executor:
+    """Sessions for ``phases`` ((model file or serialized model, lane, threads) per segment)
+    and their lanes.
 
     A file ORT cannot load raises :class:`_LoadError`.
     """
     parallel = any(len(ph) > 1 for ph in phases)
     mixed = parallel and any(t > 1 for ph in phases for _, _, t in ph)
+    # The calling thread is pinned to cpus[0] only in plans with worker lanes; a fused plan
+    # leaves placement to the OS exactly like ORT's own intra-op baseline (a pinned helper next
+    # to an unpinned caller can end up sharing one CPU with it).
+    pin = parallel and can_pin()
     n_lanes = len(cpus)
     built: list[list[_Seg]] = []
     for ph in phases:
         segs = []
         for model, lane, threads in ph:
-            # The calling thread is pinned to cpus[0] only in plans with worker lanes; a fused
-            # plan leaves placement to the OS exactly like ORT's own intra-op baseline (a pinned
-            # helper next to an unpinned caller can end up sharing one CPU with it).
-            so = session_options(min(threads, n_lanes), cpus, spinning=not mixed,
-                                 pin_helpers=parallel and can_pin())
-            if isinstance(model, Path):
-                try:
-                    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-                except Exception as exc:  # ORT's own exception types (InvalidProtobuf, Fail...)
+            t = min(threads, n_lanes)
+            so = session_options(t, spinning=not mixed,
+                                 helper_cpus=cpus[1:t] if pin and t > 1 else ())
+            try:
+                sess = open_session(model, so)
+            except Exception as exc:  # ORT's own exception types (InvalidProtobuf, Fail...)
+                if isinstance(model, Path):
                     raise _LoadError(model, exc) from exc
-            else:
-                sess = ort.InferenceSession(model.SerializeToString(), so,
-                                            providers=["CPUExecutionProvider"])
+                raise
             segs.append(_Seg(sess, lane % n_lanes))
         built.append(segs)
-    return _Executor(built, cpus, input_name, output_name, timeout_s)
+    return Executor(built, cpus, input_name, output_name, timeout_s)
 
 
-def _dataflow_error(ex: _Executor) -> str | None:
+def _dataflow_error(ex: Executor) -> str | None:
     """Why ``ex``'s segments cannot run in order (a tensor nobody produces), or None."""
     have = {ex.input_name}
     for ph in ex.phases:
@@ -464,92 +326,6 @@ def _dataflow_error(ex: _Executor) -> str | None:
     return None
 
 
-def measure_phases(
-    phases: Sequence[Sequence[tuple[onnx.ModelProto, int, int]]],
-    cores: int,
-    reps: int = 200,
-    quiet: bool = True,
-) -> dict[str, float]:
-    """Time one run of ``phases`` ((segment model, lane, threads) per segment) on batch 1.
-
-    Returns :func:`parnasc.deploy.bench.time_callable` statistics (ms); used by the autotuner.
-    """
-    from parnasc.deploy.bench import time_callable
-
-    rng = np.random.default_rng(0)
-    cpus = _cpus(cores)
-    if len(phases) == 1 and len(phases[0]) == 1:
-        # One isolated segment: feed random tensors of its own input shapes.
-        model, _, threads = phases[0][0]
-        so = session_options(min(threads, len(cpus)), cpus, pin_helpers=False)
-        sess = ort.InferenceSession(model.SerializeToString(), so,
-                                    providers=["CPUExecutionProvider"])
-        feeds = {
-            i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape])
-            .astype(np.float32)
-            for i in sess.get_inputs()
-        }
-        outs = [o.name for o in sess.get_outputs()]
-        stats = time_callable(lambda: sess.run(outs, feeds), reps, quiet=quiet, quiet_timeout_s=1.0)
-        del sess
-        return stats
-    first = phases[0][0][0].graph.input[0]
-    dims = [d.dim_value if d.dim_value > 0 else 1 for d in first.type.tensor_type.shape.dim]
-    x = rng.standard_normal(dims).astype(np.float32)
-    last = phases[-1][-1][0]
-    ex = _build_executor(phases, cpus, first.name, last.graph.output[0].name)
-    try:
-        stats = time_callable(lambda: ex.run(x), reps, quiet=quiet, quiet_timeout_s=1.0)
-    finally:
-        ex.close()
-    return stats
-
-
-def measure_interleaved(
-    plans: Sequence[Sequence[Sequence[tuple[onnx.ModelProto, int, int]]]],
-    cores: int,
-    reps: int = 200,
-    quiet: bool = True,
-    rounds: int = 8,
-) -> list[dict[str, float]]:
-    """Time several plans (phases as for :func:`measure_phases`) in interleaved chunks.
-
-    All plans are built first, then timed round-robin (``rounds`` chunks each, the order
-    rotated every round, each chunk after a bounded wait for a quiet machine), so slow drifts
-    of a shared machine hit every plan alike.  Returns one statistics dict per plan (ms).
-    """
-    from parnasc.deploy.bench import _raw_samples, _stats
-
-    cpus = _cpus(cores)
-    first = plans[0][0][0][0].graph.input[0]
-    dims = [d.dim_value if d.dim_value > 0 else 1 for d in first.type.tensor_type.shape.dim]
-    x = np.random.default_rng(0).standard_normal(dims).astype(np.float32)
-    exs: list[_Executor] = []
-    try:
-        for phases in plans:
-            last = phases[-1][-1][0]
-            exs.append(_build_executor(phases, cpus, first.name, last.graph.output[0].name))
-        samples: list[list[float]] = [[] for _ in exs]
-        busy: list[list[float]] = [[] for _ in exs]
-        per = max(1, -(-reps // rounds))
-        for _ in range(20):
-            for ex in exs:
-                ex.run(x)
-        for rnd in range(rounds):
-            order = list(range(len(exs)))
-            order = order[rnd % len(order):] + order[: rnd % len(order)]
-            for i in order:
-                got, b = _raw_samples(partial(exs[i].run, x), per, quiet=quiet,
-                                      quiet_timeout_s=1.0)
-                samples[i] += got
-                busy[i] += b
-    finally:
-        for ex in exs:
-            ex.close()
-    return [{**_stats(sm), "other_load": float(np.mean(b)) if b else -1.0}
-            for sm, b in zip(samples, busy, strict=True)]
-
-
 def choose_plan(medians: dict[str, float], current: str, margin: float = 0.03) -> str:
     """The plan to run given measured medians: the fastest, unless ``current`` is within
     ``margin`` of it (hysteresis, so noise on a shared machine does not flip plans)."""
@@ -559,7 +335,7 @@ def choose_plan(medians: dict[str, float], current: str, margin: float = 0.03) -
     return best
 
 
-def _close_plans(plans: dict[str, _Executor]) -> None:
+def _close_plans(plans: dict[str, Executor]) -> None:
     """Close every executor in ``plans`` and empty it (the finalizer of a :class:`Runtime`)."""
     for ex in list(plans.values()):
         ex.close()
@@ -598,7 +374,7 @@ class Runtime:
     ) -> None:
         if worker_timeout_s <= 0:
             raise ValueError("worker_timeout_s must be > 0")
-        self._plans: dict[str, _Executor] = {}
+        self._plans: dict[str, Executor] = {}
         # Closes the executors on close(), garbage collection or interpreter exit.
         self._finalizer = weakref.finalize(self, _close_plans, self._plans)
         self._recal_lock = threading.Lock()
@@ -614,7 +390,7 @@ class Runtime:
         sched = load_schedule(model_dir)
         where = model_dir / "schedule.json"
         self.schedule: dict[str, Any] = sched
-        self.cpus = _cpus(int(cores if cores is not None else sched["cores"]))
+        self.cpus = lane_cpus(int(cores if cores is not None else sched["cores"]))
         by_id = {s["id"]: s for s in sched["segments"]}
         phases = [
             [(model_dir / by_id[i]["file"], by_id[i]["core"], by_id[i]["threads"])
@@ -631,7 +407,7 @@ class Runtime:
         self._probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         for name, ph in wanted.items():
             try:
-                ex = _build_executor(ph, self.cpus, sched["input"], sched["output"], timeout_s)
+                ex = build_executor(ph, self.cpus, sched["input"], sched["output"], timeout_s)
             except _LoadError as exc:
                 raise UserError(f"{where}: plan {name!r}: ONNX Runtime cannot load "
                                 f"{exc}") from None
@@ -651,19 +427,12 @@ class Runtime:
                          warmup=10)
 
     def _retime(self, x: np.ndarray, rounds: int, per_round: int, warmup: int) -> None:
-        """Time every plan on ``x`` in interleaved chunks and switch to the best."""
-        from parnasc.deploy.bench import _raw_samples
-
-        plans = dict(self._plans)
-        samples: dict[str, list[float]] = {k: [] for k in plans}
-        for ex in plans.values():
-            for _ in range(warmup):
-                ex.run(x)
-        names = list(plans)
-        for rnd in range(rounds):
-            for k in names[rnd % len(names):] + names[: rnd % len(names)]:
-                samples[k] += _raw_samples(partial(plans[k].run, x), per_round, quiet=False)[0]
-        self.plan_medians_ms = {k: float(np.median(v)) * 1e3 for k, v in samples.items()}
+        """Time every plan on ``x`` in interleaved rounds and switch to the best."""
+        names = list(self._plans)
+        runs = [partial(self._plans[k].run, x) for k in names]
+        series = interleaved(runs, rounds, per_round, warmup=warmup, quiet=False)
+        self.plan_medians_ms = {k: float(np.median(s.samples)) * 1e3
+                                for k, s in zip(names, series, strict=True)}
         self.plan = choose_plan(self.plan_medians_ms, self.plan)
 
     def recalibrate(self, x: np.ndarray | None = None, *, rounds: int = 3, per_round: int = 4,

@@ -38,6 +38,7 @@ from parnasc.ir import ops
 from parnasc.ir.graph import IR, Node, arch_key
 from parnasc.nas.loss import CostModel
 from parnasc.nas.lower import Combine
+from parnasc.timing import median_per_call
 
 PROTOCOL = 1  # bump when the measuring method changes (invalidates caches)
 SAMPLES = 25  # timed samples per op; the median is kept
@@ -102,20 +103,7 @@ def _build(item: dict[str, Any]) -> tuple[nn.Module, list[torch.Tensor], bool]:
 
 def _median_seconds(fn: Callable[[], object]) -> float:
     """Median seconds per call of `fn` over SAMPLES samples, after a warm-up."""
-    t0 = time.perf_counter()
-    calls = 0
-    while calls < 3 or time.perf_counter() - t0 < WARMUP_S:
-        fn()
-        calls += 1
-    per_call = (time.perf_counter() - t0) / calls
-    inner = max(1, round(SAMPLE_S / max(per_call, 1e-7)))
-    times = []
-    for _ in range(SAMPLES):
-        t = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - t) / inner)
-    return statistics.median(times)
+    return median_per_call(fn, SAMPLES, SAMPLE_S, WARMUP_S)
 
 
 def measure_item(item: dict[str, Any]) -> float:
