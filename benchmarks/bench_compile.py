@@ -3,14 +3,15 @@
     .venv/bin/python benchmarks/bench_compile.py            # everything (about two minutes)
     .venv/bin/python benchmarks/bench_compile.py --quick    # 100 and 1,000 levels only
 
-(a) `parnasc check specs/cifar.pnas`: median wall time of >= 15 runs next to a bare
+(a) `parnasc check specs/cifar.pnas`: median wall time of >= 21 runs next to a bare
     `python -c pass`, once as the environment is (PYTHONDONTWRITEBYTECODE may be set, then
     parnasc's own modules are compiled from source on every run) and once with a bytecode cache
     (PYTHONPYCACHEPREFIX in a temporary folder, warmed first). Asserts that torch, onnx and
     matplotlib are never imported, and shows what the import time is spent on.
 (b) parse + resolve + build + passes, in-process, median of 3, for generated specs of 100,
-    1,000 and 10,000 levels x 4 paths; also with the cyclic GC paused around the whole
-    pipeline (parnasc.ir.graph.gc_paused), which is what keeps the growth linear. CPU time
+    1,000 and 10,000 levels x 4 paths: each step on its own with the cyclic GC running, and
+    the front end's entry `compile_source`, which runs them all with the GC paused once
+    (parnasc.ir.graph.gc_paused): that is what keeps the growth linear. CPU time
     (time.process_time: single-threaded work, less disturbed by other load than wall time).
 
 Nothing here is asserted about time: the numbers depend on the machine and its load.
@@ -53,14 +54,14 @@ def median_wall(cmd: list[str], runs: int, env: dict[str, str] | None = None) ->
 
 
 def heavy_modules() -> list[str]:
-    """Modules of the heavy stack that `parnasc check` loads (must be none)."""
+    """Modules of the heavy stack (and networkx) that `parnasc check` loads (must be none)."""
     code = (
         "import sys\n"
         f"sys.argv = ['parnasc', 'check', {str(SPEC)!r}]\n"
         "from parnasc.cli import main\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "print(','.join(m for m in ('torch', 'onnx', 'onnxruntime', 'matplotlib', 'PIL')"
-        " if m in sys.modules))\n"
+        "heavy = ('torch', 'onnx', 'onnxruntime', 'matplotlib', 'PIL', 'networkx')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
     )
     out = subprocess.run([PY, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
     return [m for m in out.stdout.strip().split(",") if m]
@@ -88,7 +89,7 @@ def bench_check(runs: int) -> None:
     print("(a) parnasc check specs/cifar.pnas (whole process)")
     heavy = heavy_modules()
     assert not heavy, f"parnasc check imported {heavy}"
-    print("    imports none of torch, onnx, onnxruntime, matplotlib, PIL: ok")
+    print("    imports none of torch, onnx, onnxruntime, matplotlib, PIL, networkx: ok")
     with tempfile.TemporaryDirectory() as cache:
         envs = {
             "as configured": dict(os.environ),
@@ -120,12 +121,18 @@ def bench_check(runs: int) -> None:
 # --- (b) compile time against size -------------------------------------------------------------
 
 
-def compile_once(text: str, pause_gc: bool) -> dict[str, float]:
+def compile_once(text: str, entry: bool) -> dict[str, float]:
+    """CPU time of each step (GC running), or of the front end's entry (`entry`: GC paused)."""
     from parnasc.ir import passes
-    from parnasc.ir.graph import build, gc_paused
+    from parnasc.ir.frontend import compile_source
+    from parnasc.ir.graph import build
     from parnasc.lang.parse import parse
     from parnasc.lang.spec import resolve
 
+    if entry:
+        t0 = time.process_time()
+        compile_source(text)
+        return {"total": time.process_time() - t0}
     stages: list[tuple[str, Callable[[object], object]]] = [
         ("parse", lambda t: parse(str(t))),
         ("resolve", resolve),  # type: ignore[list-item]
@@ -134,13 +141,6 @@ def compile_once(text: str, pause_gc: bool) -> dict[str, float]:
     ]
     times: dict[str, float] = {}
     value: object = text
-    if pause_gc:
-        with gc_paused():
-            t0 = time.process_time()
-            for _, f in stages:
-                value = f(value)
-            times["total"] = time.process_time() - t0
-        return times
     for name, f in stages:
         t0 = time.process_time()
         value = f(value)
@@ -154,7 +154,7 @@ def bench_compile(sizes: list[int], runs: int) -> None:
 
     print(f"\n(b) compile CPU time (s), generated specs x 4 paths, in-process, median of {runs}")
     head = f"    {'levels':>7} {'parse':>7} {'resolve':>8} {'build':>7} {'passes':>7}"
-    print(f"{head} {'total':>7} {'per level':>10}   {'GC paused':>9} {'per level':>10}")
+    print(f"{head} {'total':>7} {'per level':>10}   {'entry':>9} {'per level':>10}")
     totals: dict[int, tuple[float, float]] = {}
     for n in sizes:
         text = generated_spec(n, 4)
@@ -173,16 +173,16 @@ def bench_compile(sizes: list[int], runs: int) -> None:
         )
     for a, b in itertools.pairwise(sizes):
         r, rp = totals[b][0] / totals[a][0], totals[b][1] / totals[a][1]
-        print(f"    ratio {b:,}/{a:,}: {r:.1f} (GC paused: {rp:.1f}; linear: {b / a:.0f})")
+        print(f"    ratio {b:,}/{a:,}: {r:.1f} (entry: {rp:.1f}; linear: {b / a:.0f})")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="skip the 10,000-level spec")
-    ap.add_argument("--runs", type=int, default=15, help="process runs per median (>= 15)")
+    ap.add_argument("--runs", type=int, default=21, help="process runs per median (>= 21)")
     args = ap.parse_args()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
-    bench_check(max(15, args.runs))
+    bench_check(max(21, args.runs))
     bench_compile([100, 1000] if args.quick else [100, 1000, 10000], 3)
 
 

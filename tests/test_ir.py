@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import networkx as nx
@@ -118,6 +120,41 @@ def test_order_of_a_shuffled_graph_is_topological_and_stable() -> None:
     assert sorted(order) == sorted(ir.order())
     verify(a)
     assert print_ir(a) != ""  # printing walks the same order
+
+
+def test_compiling_does_not_import_networkx() -> None:
+    """The IR holds networkx's dicts itself; `ir.graph` imports networkx when first used."""
+    code = (
+        "import sys\n"
+        "from parnasc.ir.frontend import compile_file\n"
+        f"spec, ir = compile_file({str(ROOT / 'specs' / 'cifar.pnas')!r})\n"
+        "assert 'networkx' not in sys.modules, 'networkx imported'\n"
+        "assert ir.graph.number_of_nodes() == len(ir.order())\n"
+        "assert 'networkx' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_the_networkx_graph_is_the_ir() -> None:
+    """Changes made through `ir.graph` and through `IR.add_edge` show on both sides."""
+    ir = compile_path(ROOT / "specs" / "cifar.pnas")
+    g = ir.graph
+    assert isinstance(g, nx.MultiDiGraph) and g is ir.graph
+    assert list(g.nodes) == ir.order()
+    assert sorted((u, v, d["port"], d["role"]) for u, v, d in g.edges(data=True)) == sorted(
+        (u, v, d["port"], d["role"]) for u, v, d in ir.edge_data()
+    )
+    assert [g.out_degree(n) for n in g] == [ir.out_degree(n) for n in g]
+    ir.add_edge("stem.1", "merge", 9, "direct")
+    assert g.has_edge("stem.1", "merge")
+    g.remove_edge("stem.1", "merge")
+    assert ("stem.1", 9, "direct") not in ir.edges("merge")
+    fresh = IR(meta={})
+    fresh.add_node(Node(id="a", kind="input"))
+    fresh.add_node(Node(id="b", kind="output"))
+    fresh.add_edge("a", "b", 0)
+    fresh.add_edge("a", "b", 1)  # parallel edges get the keys networkx would give
+    assert list(fresh.graph.edges(keys=True)) == [("a", "b", 0), ("a", "b", 1)]
 
 
 def test_large_generated_spec_compiles_and_round_trips() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ def test_tree_shapes_and_spans() -> None:
     assert (const.name_span.line, const.name_span.column) == (1, 7)
     assert isinstance(search, P.Search)
     weights, memory = search.settings
-    assert weights.value == P.Call("sgd", (P.Arg("lr", P.Num(1e-05)),), True)
+    assert weights.value == P.Call("sgd", (P.Arg("lr", P.Num(1e-05)),))
     assert memory.value == P.Size("8MiB")
     assert memory.value.span is not None and memory.value.span.column == 39
     assert isinstance(weights.value, P.Call) and weights.value.name_span is not None
@@ -94,6 +95,33 @@ def test_comments_are_collected_with_position() -> None:
         ("# trailing", 2, False),
         ("# indented", 3, True),
     ]
+
+
+def test_comments_belong_to_their_parse() -> None:
+    """Parses in parallel threads, and a parse that fails between two, keep their own comments."""
+    texts = [f"model m{i}  # c{i}\n" + "# x\n" * (i % 5) for i in range(40)]
+    with ThreadPoolExecutor(4) as pool:
+        docs = list(pool.map(P.parse, texts))
+    for i, doc in enumerate(docs):
+        assert [c.text for c in doc.comments] == [f"# c{i}"] + ["# x"] * (i % 5)
+    with pytest.raises(PnasError):
+        P.parse("model # half\n{")
+    assert [c.text for c in P.parse("# only\n").comments] == ["# only"]
+
+
+def test_parser_tables_are_cached_per_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The built parser is cached in the user's cache folder, never beside the grammar; where
+    that folder cannot be made, the parser is built without a cache."""
+    monkeypatch.setenv("PARNASC_CACHE", str(tmp_path / "cache"))
+    grammar = P.grammar_path().read_text(encoding="utf-8")
+    where = P._parser_cache(grammar)
+    assert isinstance(where, str) and Path(where).parent == tmp_path / "cache" / "lark"
+    assert P._parser_cache(grammar + "\n") != where  # another grammar, another file
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("PARNASC_CACHE", str(tmp_path / "file"))
+    assert P._parser_cache(grammar) is False
 
 
 def test_keywords_are_names_where_a_name_is_expected() -> None:

@@ -1,4 +1,8 @@
-"""The front end in one call: text -> syntax tree -> Spec -> IR with shapes and costs."""
+"""The front end in one call: text -> syntax tree -> Spec -> IR with shapes and costs.
+
+Each entry runs the whole pipeline with the cyclic garbage collector paused once
+(parnasc.ir.graph.gc_paused); the steps themselves do not touch it.
+"""
 
 from __future__ import annotations
 
@@ -14,27 +18,29 @@ from parnasc.lang.spec import Spec, resolve
 
 def compile_document(doc: Document) -> tuple[Spec, IR]:
     """Resolve and lower a parsed document; PnasError carries the source for its carets."""
+    with gc_paused():
+        return _lower(doc)
+
+
+def compile_source(text: str, file: str = "<input>") -> tuple[Spec, IR]:
+    """Compile .pnas text; raises PnasError on any user error."""
+    with gc_paused():
+        return _lower(parse(text, file))
+
+
+def compile_file(path: str | Path) -> tuple[Spec, IR]:
+    """Read and compile a .pnas file."""
+    with gc_paused():
+        return _lower(parse_file(path))
+
+
+def _lower(doc: Document) -> tuple[Spec, IR]:
     try:
-        with gc_paused():
-            spec = resolve(doc)
-            ir = passes.run(build(spec))
+        spec = resolve(doc)
+        ir = passes.run(build(spec))
     except PnasError as exc:
         exc.source = doc.source
         end = Span.end_of(doc.source)  # any diagnostic without a place: the end of the file
         exc.diagnostics = [d if d.span else replace(d, span=end) for d in exc.diagnostics]
         raise
     return spec, ir
-
-
-def compile_source(text: str, file: str = "<input>") -> tuple[Spec, IR]:
-    """Compile .pnas text; raises PnasError on any user error."""
-    with gc_paused():
-        doc = parse(text, file)
-    return compile_document(doc)
-
-
-def compile_file(path: str | Path) -> tuple[Spec, IR]:
-    """Read and compile a .pnas file."""
-    with gc_paused():
-        doc = parse_file(path)
-    return compile_document(doc)

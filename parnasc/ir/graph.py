@@ -9,6 +9,10 @@ data edge from the sync it bypasses.
 Order: `IR.order()` is the topological order that prefers graph insertion order, so it equals
 the insertion order whenever that is topological (as `build` and `from_json` make it). Every
 query is linear in the size of the graph.
+
+Storage: the IR holds the dicts a networkx MultiDiGraph is made of (node attributes,
+successors and predecessors as dicts of edge-key dicts); `IR.graph` is the MultiDiGraph over
+those same dicts, made on first use. Compiling and checking a spec never import networkx.
 """
 
 from __future__ import annotations
@@ -20,9 +24,8 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field
 
 from parnasc import __version__
@@ -31,6 +34,9 @@ from parnasc.ir import ops
 from parnasc.ir.ops import Cost, Shape
 from parnasc.lang.spec import OpSpec, Spec
 
+if TYPE_CHECKING:
+    import networkx as nx
+
 IR_SCHEMA = "parnasc.ir/1"
 NodeKind = Literal["input", "op", "block", "sync", "merge", "output"]
 Role = Literal["data", "direct"]
@@ -38,19 +44,6 @@ Role = Literal["data", "direct"]
 
 class VerifyError(AssertionError):
     """The IR is malformed: an internal bug, never a user error."""
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector. Compiling allocates many long-lived objects and no
-    cycles; repeated full collections over them make a large compile grow faster than linearly."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def block_key(level: str, path: int) -> str:
@@ -68,6 +61,21 @@ def arch_key(node_id: str) -> str:
     (torch parameter names cannot contain dots)."""
     level, _, rest = node_id.rpartition(".")
     return f"{level}:{rest}"
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector inside the block (nested use is harmless). The
+    top-level entries use it once each: compiling (parnasc.ir.frontend) and the JSON form.
+    They allocate many long-lived objects and no cycles; repeated full collections over them
+    would make a large IR cost more than linear time (from_json of 10,000 levels: 5x)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class Candidate(BaseModel):
@@ -102,21 +110,65 @@ class Node(BaseModel):
 
 
 class IR:
-    """The graph plus the model-level facts needed downstream (`meta`, JSON-native values)."""
+    """The graph plus the model-level facts needed downstream (`meta`, JSON-native values).
 
-    def __init__(self, graph: nx.MultiDiGraph, meta: dict[str, Any]) -> None:
-        self.graph = graph
-        self.meta = meta
+    `IR(graph, meta)` wraps a networkx MultiDiGraph (changes through either show in both);
+    `IR()` starts empty, filled with `add_node` and `add_edge`."""
+
+    def __init__(
+        self, graph: nx.MultiDiGraph | None = None, meta: dict[str, Any] | None = None
+    ) -> None:
+        self._graph = graph
+        self._node: dict[str, dict[str, Any]] = {} if graph is None else graph._node
+        self._succ: dict[str, dict[str, dict[int, dict[str, Any]]]]
+        self._pred: dict[str, dict[str, dict[int, dict[str, Any]]]]
+        self._succ, self._pred = ({}, {}) if graph is None else (graph._succ, graph._pred)
+        self.meta: dict[str, Any] = {} if meta is None else meta
+
+    @property
+    def graph(self) -> nx.MultiDiGraph:
+        """The networkx MultiDiGraph over the IR's own dicts (imports networkx on first use)."""
+        if self._graph is None:
+            import networkx as nx
+
+            g = nx.MultiDiGraph()
+            g._node, g._adj, g._pred = self._node, self._succ, self._pred  # as nx's own views do
+            self._graph = g
+        return self._graph
+
+    # -- construction ----------------------------------------------------------------------
+
+    def add_node(self, node: Node) -> str:
+        """Add `node` under its id; returns the id."""
+        if self._graph is not None:
+            self._graph.add_node(node.id, node=node)
+        else:
+            self._node[node.id] = {"node": node}
+            self._succ[node.id], self._pred[node.id] = {}, {}
+        return node.id
+
+    def add_edge(self, src: str, dst: str, port: int, role: Role = "data") -> None:
+        """Add an edge between two existing nodes (keyed as networkx keys parallel edges)."""
+        if self._graph is not None:
+            self._graph.add_edge(src, dst, port=port, role=role)
+            return
+        keys = self._succ[src].get(dst)
+        if keys is None:
+            keys = self._succ[src][dst] = self._pred[dst][src] = {}
+        key = len(keys)
+        while key in keys:
+            key += 1
+        keys[key] = {"port": port, "role": role}
 
     # -- access ----------------------------------------------------------------------------
 
     def node(self, nid: str) -> Node:
-        n: Node = self.graph.nodes[nid]["node"]
+        n: Node = self._node[nid]["node"]
         return n
 
     def order(self) -> list[str]:
         """Node ids in the deterministic topological order (see the module docstring)."""
-        succ = self.graph._succ  # the adjacency dicts: views cost more than the work here
+        succ = self._succ
         ids = list(succ)
         pos = {n: i for i, n in enumerate(ids)}
         if all(pos[v] > i for i, n in enumerate(ids) for v in succ[n]):
@@ -142,14 +194,14 @@ class IR:
 
     def nodes(self) -> list[Node]:
         """All nodes in the deterministic topological order."""
-        attrs = self.graph._node
+        attrs = self._node
         return [attrs[n]["node"] for n in self.order()]
 
     def edges(self, nid: str) -> list[tuple[str, int, Role]]:
         """In-edges of `nid` as (source, port, role): data edges first, each by port."""
         es = [
             (u, d["port"], d["role"])
-            for u, keys in self.graph._pred[nid].items()
+            for u, keys in self._pred[nid].items()
             for d in keys.values()
         ]
         if len(es) > 1:
@@ -164,6 +216,22 @@ class IR:
         """Predecessors through data edges, by port."""
         return [u for u, _, role in self.edges(nid) if role == "data"]
 
+    def out_degree(self, nid: str) -> int:
+        """Number of edges leaving `nid`."""
+        return sum(len(keys) for keys in self._succ[nid].values())
+
+    def keyed_nodes(self) -> Iterator[tuple[str, Any]]:
+        """(graph key, what the key holds under "node") in insertion order, unchecked."""
+        for key, attrs in self._node.items():
+            yield key, attrs.get("node")
+
+    def edge_data(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """Every edge as (source, target, its attributes), unchecked."""
+        for u, nbrs in self._succ.items():
+            for v, keys in nbrs.items():
+                for d in keys.values():
+                    yield u, v, d
+
     @property
     def levels(self) -> list[str]:
         return list(self.meta["levels"])
@@ -177,24 +245,18 @@ class IR:
 
     def sync(self, level: str) -> Node | None:
         nid = f"{level}.sync"
-        return self.node(nid) if nid in self.graph else None
-
-    def blocks(self) -> Iterator[Node]:
-        """Every block, level by level, path by path."""
-        for lv in self.meta["levels"]:
-            for p in range(1, self.paths + 1):
-                yield self.block(lv, p)
+        return self.node(nid) if nid in self._node else None
 
     # -- JSON ------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
         """JSON-native form: nodes in order, then every node's in-edges as `edges()` lists them."""
         with gc_paused():
-            return self._to_json()
+            return self._json()
 
-    def _to_json(self) -> dict[str, Any]:
+    def _json(self) -> dict[str, Any]:
         order = self.order()
-        attrs = self.graph._node
+        attrs = self._node
         return {
             "schema": IR_SCHEMA,
             "parnasc": __version__,
@@ -212,14 +274,13 @@ class IR:
         """Inverse of `to_json` (also after json.dumps/loads)."""
         if data.get("schema") != IR_SCHEMA:
             raise ValueError(f"not a {IR_SCHEMA} document (schema: {data.get('schema')!r})")
-        g = nx.MultiDiGraph()
+        ir = cls(meta=json.loads(json.dumps(data["meta"])))
         with gc_paused():
             for raw in data["nodes"]:
-                n = Node.model_validate(raw)
-                g.add_node(n.id, node=n)
+                ir.add_node(Node.model_validate(raw))
             for e in data["edges"]:
-                g.add_edge(e["src"], e["dst"], port=e["port"], role=e["role"])
-        return cls(g, json.loads(json.dumps(data["meta"])))
+                ir.add_edge(e["src"], e["dst"], e["port"], e["role"])
+        return ir
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n"
@@ -230,8 +291,8 @@ class IR:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        g, model = self.graph, self.meta.get("model")
-        return f"<IR {model}: {g.number_of_nodes()} nodes, {g.number_of_edges()} edges>"
+        edges = sum(1 for _ in self.edge_data())
+        return f"<IR {self.meta.get('model')}: {len(self._node)} nodes, {edges} edges>"
 
 
 def _candidate(o: OpSpec, in_level: bool = False) -> Candidate:
@@ -246,17 +307,12 @@ def _candidate(o: OpSpec, in_level: bool = False) -> Candidate:
 
 def build(spec: Spec) -> IR:
     """The graph structure of `spec`, without shapes and costs (see parnasc.ir.passes)."""
-    with gc_paused():
-        return _build(spec)
-
-
-def _build(spec: Spec) -> IR:
-    g = nx.MultiDiGraph()
+    ir = IR()
 
     def add(node: Node, *srcs: str, role: Role = "data") -> str:
-        g.add_node(node.id, node=node)
+        ir.add_node(node)
         for port, src in enumerate(srcs):
-            g.add_edge(src, node.id, port=port, role=role)
+            ir.add_edge(src, node.id, port, role)
         return node.id
 
     prev = add(Node(id="input", kind="input", span=spec.spans.get("input")))
@@ -282,7 +338,7 @@ def _build(spec: Spec) -> IR:
                 )
             )
             if bypass:
-                g.add_edge(bypass[p - 1], blocks[-1], port=0, role="direct")
+                ir.add_edge(bypass[p - 1], blocks[-1], 0, "direct")
         heads, bypass = blocks, []
         if lv.sync is not None:
             sid = add(
@@ -301,12 +357,12 @@ def _build(spec: Spec) -> IR:
         Node(id="merge", kind="merge", span=spec.head.span, combiner=spec.head.merge), *heads
     )
     for port, b in enumerate(bypass):
-        g.add_edge(b, merge, port=port, role="direct")
+        ir.add_edge(b, merge, port, "direct")
     prev = merge
     for i, o in enumerate(spec.head.ops, 1):
         prev = add(Node(id=f"head.{i}", kind="op", span=o.span, candidates=[_candidate(o)]), prev)
     add(Node(id="output", kind="output"), prev)
-    meta = {
+    ir.meta = {
         "model": spec.name,
         "file": spec.file,
         "spec_hash": spec.spec_hash,
@@ -316,20 +372,25 @@ def _build(spec: Spec) -> IR:
         "levels": [lv.label for lv in spec.levels],
         "target": spec.target.model_dump(mode="json"),
     }
-    return IR(g, meta)
+    return ir
 
 
 # --- analysis -----------------------------------------------------------------------------------
+# The one implementation of the search space's cost sums; the cost models, the summary and the
+# picture read them from here. "Fixed" is what every architecture runs; a block contributes
+# one of its candidates; a searchable sync site contributes its combine or nothing.
 
 
 def fixed_cost(ir: IR) -> Cost:
-    """Cost of what every architecture runs: stem, always-on syncs, merge and head."""
-    mul = add = params = act = 0
+    """The part of every architecture's cost that no decision changes: the sum, field by field
+    (mul, add, params, act_bytes), of the cost of every plain op (stem and head), every
+    always-on sync site's combine and the merge. Blocks and searchable sync sites are left out,
+    whatever their candidates; input and output cost nothing."""
+    total = Cost()
     for n in ir.nodes():
         if n.kind == "op" or (n.kind == "sync" and n.mode == "always") or n.kind == "merge":
-            c = n.candidate_costs()[0]
-            mul, add, params, act = mul + c.mul, add + c.add, params + c.params, act + c.act_bytes
-    return Cost(mul=mul, add=add, params=params, act_bytes=act)
+            total += n.candidate_costs()[0]
+    return total
 
 
 def search_space_size(ir: IR) -> int:
@@ -347,7 +408,11 @@ def search_space_size(ir: IR) -> int:
 
 
 def flops_range(ir: IR) -> tuple[int, int]:
-    """FLOPs (mul + add) of the cheapest and of the most expensive architecture."""
+    """FLOPs (mul + add) of the cheapest and of the most expensive architecture, exactly:
+    `fixed_cost(ir).flops`, plus for every block the FLOPs of its cheapest (resp. costliest)
+    candidate, plus (for the maximum only) the combine of every searchable sync site, which the
+    cheapest architecture turns off. With `cost flops` the maximum is the `Norm` of equations (6)
+    and (11)."""
     lo = hi = fixed_cost(ir).flops
     for n in ir.nodes():
         if n.kind == "block":

@@ -1,5 +1,5 @@
 """The op registry: every operation kind is defined once here (params, shape rule, cost rule,
-torch builder, ONNX friendliness). Adding an operation is one `register(OpKind(...))` call.
+torch builder). Adding an operation is one `register(OpKind(...))` call.
 
 Costs follow equations (7)-(10) of the method: a k x k convolution with D_i input and D_o
 output channels and a W_o x H_o output costs k^2*D_i*W_o*H_o*D_o multiplications and
@@ -86,7 +86,6 @@ class OpKind:
     shape: Callable[[Shape, Params], Shape]
     cost: Callable[[Shape, Shape, Params], Cost]
     build: Callable[[Shape, Shape, Params], nn.Module]
-    onnx: bool = True  # exports to plain ONNX ops
 
     def param(self, name: str) -> Param | None:
         return self._by_name.get(name)

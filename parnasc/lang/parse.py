@@ -6,16 +6,20 @@ Syntax errors are reported in words: what was found, inside which block, what co
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lark
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
-from parnasc.errors import Collector, Diagnostic, PnasError, Span, did_you_mean, source_lines
+from parnasc.errors import Collector, Diagnostic, PnasError, Span, did_you_mean
 
 # --- syntax tree ---------------------------------------------------------------------------
 # Spans are excluded from equality so that parse(fmt(x)) == parse(x) compares meaning only.
@@ -72,7 +76,6 @@ class Call:
 
     name: str
     args: tuple[Arg, ...] = ()
-    has_parens: bool = field(default=False, compare=False)
     span: Span | None = field(default=None, compare=False, repr=False)
     name_span: Span | None = field(default=None, compare=False, repr=False)
 
@@ -237,21 +240,59 @@ def grammar_path() -> Path:
     return Path(__file__).resolve().with_name("pnas.lark")
 
 
-_COMMENTS: list[Token] = []  # filled by the lexer callback during one parse
+def cache_dir() -> Path:
+    """parnasc's per-user cache folder: `$PARNASC_CACHE`, default `~/.cache/parnasc`."""
+    return Path(os.environ.get("PARNASC_CACHE") or "~/.cache/parnasc").expanduser()
+
+
+def _parser_cache(grammar: str) -> str | bool:
+    """Where Lark keeps the built parser tables: a file in the user's cache folder named after
+    the grammar, Lark and Python versions (Lark checks the grammar again when it loads the file).
+    False (build every time) when that folder cannot be made; never the package folder, which
+    may be read-only."""
+    key = f"{grammar}\0{lark.__version__}\0{sys.version_info[:2]}"
+    folder = cache_dir() / "lark"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return str(folder / f"pnas-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pickle")
 
 
 @functools.cache
 def _parser() -> Lark:
-    # Comments are %ignore'd by the grammar; the lexer callback still sees them for `fmt`.
+    # Comments are %ignore'd by the grammar; `_comments` finds them with the same pattern.
+    grammar = grammar_path().read_text(encoding="utf-8")
     return Lark(
-        grammar_path().read_text(encoding="utf-8"),
+        grammar,
         parser="lalr",
         lexer="contextual",
         propagate_positions=True,
         maybe_placeholders=True,
-        lexer_callbacks={"COMMENT": _COMMENTS.append},
-        cache=True,
+        cache=_parser_cache(grammar),
     )
+
+
+@functools.cache
+def _comment_pattern() -> re.Pattern[str]:
+    """The grammar's COMMENT terminal. No other terminal can hold a '#', so every match in text
+    that parses is a comment the lexer skipped."""
+    return re.compile(_parser().get_terminal("COMMENT").pattern.to_regexp())
+
+
+def _comments(text: str) -> tuple[Comment, ...]:
+    """The comments of `text` (which parsed), each with its line and whether it stands alone."""
+    out = []
+    line, line_start, pos = 1, 0, 0
+    for m in _comment_pattern().finditer(text):
+        newlines = text.count("\n", pos, m.start())
+        if newlines:
+            line += newlines
+            line_start = text.rfind("\n", pos, m.start()) + 1
+        pos = m.start()
+        own = text[line_start : m.start()].strip() == ""
+        out.append(Comment(m.group().rstrip(), line, own))
+    return tuple(out)
 
 
 # --- syntax errors in words ------------------------------------------------------------------
@@ -613,13 +654,10 @@ class _Build(Transformer[Token, Any]):
         return Setting(str(c[0]), c[1], _span_of(meta), _tok_span(c[0]))
 
     def op(self, meta: Any, c: list[Any]) -> Call:
-        args = c[1]
-        return Call(
-            str(c[0]), args or (), args is not None, _span_of(meta), _tok_span(c[0])
-        )
+        return Call(str(c[0]), c[1] or (), _span_of(meta), _tok_span(c[0]))
 
     def call(self, meta: Any, c: list[Any]) -> Call:
-        return Call(str(c[0]), c[1], True, _span_of(meta), _tok_span(c[0]))
+        return Call(str(c[0]), c[1], _span_of(meta), _tok_span(c[0]))
 
     def args(self, meta: Any, c: list[Arg | None]) -> tuple[Arg, ...]:
         return tuple(a for a in c if a is not None)
@@ -660,22 +698,13 @@ class _Build(Transformer[Token, Any]):
 
 def parse(text: str, file: str = "<input>") -> Document:
     """Parse .pnas text; raises PnasError with a located, worded message on a syntax error."""
-    parser = _parser()
-    _COMMENTS.clear()
     try:
-        tree: Tree[Token] = parser.parse(text)
+        tree: Tree[Token] = _parser().parse(text)
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text, file) from None
     _check_limits(tree, file, text)
-    lines = source_lines(text)
-    comments = []
-    for tok in _COMMENTS:
-        line = tok.line or 1
-        own = lines[line - 1][: (tok.column or 1) - 1].strip() == ""
-        comments.append(Comment(str(tok).rstrip(), line, own))
-    _COMMENTS.clear()
     stmts = _Build().transform(tree)
-    return Document(stmts, tuple(comments), text, file)
+    return Document(stmts, _comments(text), text, file)
 
 
 def parse_file(path: str | Path) -> Document:

@@ -21,11 +21,9 @@ _ARITY = {"input": 0, "op": 1, "block": 1, "output": 1}
 
 def verify(ir: IR) -> None:
     """Raise VerifyError listing every broken invariant; return None when the IR is sound."""
-    g = ir.graph
     problems: list[str] = []
     nodes: dict[str, Node] = {}
-    for key, attrs in g.nodes(data=True):
-        n = attrs.get("node")
+    for key, n in ir.keyed_nodes():
         if not isinstance(n, Node):
             problems.append(f"{key}: no Node under the 'node' attribute")
             continue
@@ -39,7 +37,7 @@ def verify(ir: IR) -> None:
         _fail(problems)
 
     p = ir.paths
-    for u, v, d in g.edges(data=True):
+    for u, v, d in ir.edge_data():
         if d.get("role") not in ("data", "direct") or not isinstance(d.get("port"), int):
             problems.append(f"edge {u} -> {v}: bad role/port {d.get('role')!r}/{d.get('port')!r}")
     if problems:
@@ -67,9 +65,9 @@ def verify(ir: IR) -> None:
             problems.append(f"{nid}: a block needs its level and a path in 1..{p}")
         if n.kind == "sync" and (n.mode is None or n.combiner is None):
             problems.append(f"{nid}: a sync needs a mode and a combiner")
-        if n.kind == "output" and g.out_degree(nid):
+        if n.kind == "output" and ir.out_degree(nid):
             problems.append("output has successors")
-        if n.kind != "output" and not g.out_degree(nid):
+        if n.kind != "output" and not ir.out_degree(nid):
             problems.append(f"{nid}: dead end (no successors)")
         by_port = {port: u for u, port in data}
         for u, port in direct:
