@@ -11,6 +11,7 @@ interpreter and read ``sys.modules``.
 from __future__ import annotations
 
 import ast
+import itertools
 import os
 import subprocess
 import sys
@@ -20,10 +21,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "parnasc"
 
-# Layers, lowest first:  base < lang < ir < {data, nas, viz} < deploy < cli.  A module may
+# Layers, lowest first:  base < lang < ir < {data, nas, viz} < deploy < api < cli.  A module may
 # import modules of its own group and of the groups listed for that group, nothing else.
-# ``base`` is the package root (``__version__``) and the top-level helpers every layer may use.
-BASE = {"parnasc", "parnasc.errors", "parnasc.files", "parnasc.cpus", "parnasc.timing"}
+# ``base``: the top-level helpers every layer may use.  ``api``: the package root (the API
+# facade, whose names load their modules lazily) and ``parnasc/api.py``; so the root is no
+# place for what lower layers need (``__version__`` belongs in a base module).
+BASE = {
+    "parnasc.errors",
+    "parnasc.files",
+    "parnasc.cpus",
+    "parnasc.timing",
+    "parnasc.version",
+}
 ALLOWED: dict[str, set[str]] = {
     "base": set(),
     "lang": {"base"},
@@ -32,7 +41,8 @@ ALLOWED: dict[str, set[str]] = {
     "nas": {"base", "lang", "ir", "data"},
     "viz": {"base", "lang", "ir"},
     "deploy": {"base", "lang", "ir"},
-    "cli": {"base", "lang", "ir", "data", "nas", "viz", "deploy"},
+    "api": {"base", "lang", "ir", "data", "nas", "viz", "deploy"},
+    "cli": {"base", "lang", "ir", "data", "nas", "viz", "deploy", "api"},
 }
 # Single modules allowed more than their group: the torch side of deploy (export of a lowered
 # network, and the emit pass that calls it) may use the lowering.
@@ -42,11 +52,17 @@ EXTRA: dict[str, set[str]] = {
 }
 # Edges against the order that exist in code owned elsewhere, each with the change that
 # removes it.  A listed edge that no longer exists fails the test too: delete its line.
+_VERSION = "reads __version__ from the package root (the API facade); import it from a base "\
+    "module, e.g. parnasc/version.py"
 PENDING: dict[tuple[str, str], str] = {
     ("parnasc.lang.spec", "parnasc.ir.ops"): (
         "the resolver validates op parameters against the op registry; move the registry's "
         "torch-free part (names, parameters, shape rules) below lang, or the check into ir"
     ),
+    ("parnasc.ir.graph", "parnasc"): _VERSION,
+    ("parnasc.ir.to_pnas", "parnasc"): _VERSION,
+    ("parnasc.nas.search", "parnasc"): _VERSION,
+    ("parnasc.nas.train", "parnasc"): _VERSION,
 }
 # Everything `import parnasc.deploy.runtime` may reach inside parnasc: deploying a model needs
 # numpy and onnxruntime, not the exporter, the schedule planner or torch.
@@ -119,8 +135,9 @@ def _graph() -> tuple[dict[str, set[str]], dict[tuple[str, str], int]]:
 def _group(mod: str) -> str:
     if mod in BASE:
         return "base"
-    parts = mod.split(".")
-    return parts[1] if len(parts) > 1 else "base"
+    if mod == "parnasc":
+        return "api"
+    return mod.split(".")[1]  # parnasc.ir.graph -> ir, parnasc.cli -> cli
 
 
 def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -158,6 +175,32 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def _shortest_cycle(comp: list[str], edges: dict[str, set[str]]) -> list[str]:
+    """A shortest import cycle inside the strongly connected ``comp`` (first module repeated
+    at the end)."""
+    inside = set(comp)
+    best: list[str] = []
+    for start in comp:
+        parent: dict[str, str] = {}
+        frontier = [start]
+        while frontier and start not in parent:
+            nxt = []
+            for v in frontier:
+                for w in sorted(edges[v] & inside):
+                    if w not in parent:
+                        parent[w] = v
+                        nxt.append(w)
+            frontier = nxt
+        if start in parent:
+            cyc = [start]
+            while len(cyc) == 1 or cyc[-1] != start:
+                cyc.append(parent[cyc[-1]])
+            cyc.reverse()
+            if not best or len(cyc) < len(best):
+                best = cyc
+    return best
+
+
 def _where(edge: tuple[str, str], lines: dict[tuple[str, str], int]) -> str:
     return f"{edge[0]} -> {edge[1]} (line {lines[edge]})"
 
@@ -165,11 +208,12 @@ def _where(edge: tuple[str, str], lines: dict[tuple[str, str], int]) -> str:
 def test_no_import_cycles() -> None:
     edges, lines = _graph()
     found = _cycles(edges)
-    report = [
-        "cycle: " + ", ".join(comp) + "\n    "
-        + "\n    ".join(_where((a, b), lines) for a in comp for b in sorted(edges[a]) if b in comp)
-        for comp in found
-    ]
+    report = []
+    for comp in found:
+        cyc = _shortest_cycle(comp, edges)
+        report.append(f"{len(comp)} modules import each other: {', '.join(comp)}\n"
+                      "    shortest cycle: "
+                      + "; ".join(_where((a, b), lines) for a, b in itertools.pairwise(cyc)))
     print("\n".join(report))
     assert not found, "import cycles:\n" + "\n".join(report)
 
