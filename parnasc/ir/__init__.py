@@ -1,2 +1,2 @@
-"""The IR: the networkx graph with shapes and costs, the op registry, the front end that builds
-it from text, its passes (shapes, costs, prune, verify) and its printers (text, JSON, .pnas)."""
+"""The IR: the supernet graph with shapes and costs, the front end that builds it from text,
+its passes (shapes, costs, prune, verify) and its printers (text, JSON, .pnas)."""

@@ -30,8 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from parnasc import __version__
 from parnasc.errors import Span
-from parnasc.ir import ops
-from parnasc.ir.ops import Cost, Shape
+from parnasc.lang import ops
+from parnasc.lang.ops import Cost, Shape
 from parnasc.lang.spec import OpSpec, Spec
 
 if TYPE_CHECKING:

@@ -20,6 +20,7 @@ from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
 from parnasc.errors import Collector, Diagnostic, PnasError, Span, did_you_mean
+from parnasc.lang.limits import MAX_DIGITS, MAX_EXPR_DEPTH
 
 # --- syntax tree ---------------------------------------------------------------------------
 # Spans are excluded from equality so that parse(fmt(x)) == parse(x) compares meaning only.
@@ -517,8 +518,6 @@ def _missing_value(stack: list[Any], file: str) -> Diagnostic | None:
 # Checked on Lark's tree before it is transformed: the transformer, the resolver and `fmt`
 # recurse once per nesting level of an expression, and Python's int() refuses long digit strings.
 
-MAX_EXPR_DEPTH = 100  # operators nested in one expression (parentheses add no depth)
-MAX_DIGITS = 300  # in one number: beyond this no value of the language is in range anyway
 _EXPR_RULES = frozenset({"add", "sub", "mul", "div", "neg"})
 
 

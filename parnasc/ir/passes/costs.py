@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from parnasc.ir import ops
 from parnasc.ir.graph import IR, Candidate
+from parnasc.lang import ops
 
 
 def annotate_costs(ir: IR) -> IR:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from parnasc.errors import Collector, Span
-from parnasc.ir import ops
 from parnasc.ir.graph import IR, Node
-from parnasc.ir.ops import Shape, ShapeError
+from parnasc.lang import ops
+from parnasc.lang.ops import Shape, ShapeError
 
 
 class _CandidateError(ShapeError):
