@@ -1,4 +1,4 @@
-"""`parnasc fmt` and `parnasc check` through the installed command."""
+"""`parnasc fmt`, `parnasc check` and `parnasc emit`'s options through the installed command."""
 
 from __future__ import annotations
 
@@ -45,3 +45,14 @@ def test_fmt_syntax_error_is_a_user_error(run_cli: RunCli, tmp_path: Path) -> No
     assert res.stderr.startswith("bad.pnas:3:3: error: unexpected 'otu' in level 'a'")
     assert "hint: did you mean 'out'?" in res.stderr
     assert (tmp_path / "bad.pnas").read_text() == "model m\nlevel a {\n  otu 8\n}\n"
+
+
+def test_emit_takes_onnx_and_has_no_no_onnx(run_cli: RunCli, tmp_path: Path) -> None:
+    """`--onnx` names the default (and only) format; `--no-onnx` is no option."""
+    supernet = ROOT / "examples" / "tiny.pnas"  # emit refuses it after reading the options
+    res = run_cli("emit", supernet, "--onnx", cwd=tmp_path)
+    assert res.returncode == 1
+    assert res.stderr.startswith(f"parnasc: error: {supernet}: not a concrete spec")
+    res = run_cli("emit", supernet, "--no-onnx", cwd=tmp_path)
+    assert res.returncode == 1
+    assert "No such option: --no-onnx" in res.stderr

@@ -24,6 +24,7 @@ import torch
 import torch._dynamo
 
 from parnasc.ir.frontend import compile_file
+from parnasc.ir.graph import sync_key
 
 PARNASC = str(Path(sys.executable).with_name("parnasc"))
 ARCHIVE = Path(
@@ -153,7 +154,7 @@ def test_search_writes_a_valid_concrete_spec(runs: Runs) -> None:
     result = json.loads((runs.a / "result.json").read_text())
     assert set(result["choices"]) == {"l1:p1", "l1:p2", "l2:p1", "l2:p2", "l1:sync", "l2:sync"}
     for lv in ("l1", "l2"):
-        assert (ir.sync(lv) is not None) == (result["choices"][f"{lv}:sync"] == "concat")
+        assert (ir.sync(lv) is not None) == (result["choices"][sync_key(lv)] == "concat")
 
 
 def test_train_derived_beats_chance(runs: Runs) -> None:
@@ -605,12 +606,11 @@ def test_train_resume_keeps_its_settings(
     assert meta["epochs"] == 2 and meta["training"]["epochs"] == 2
     # A new training with the same settings, killed before its end, has another run_id: the
     # model.pt the last one left does not pass for its result, so --resume continues it.
-    from parnasc.cli import _trained
-    from parnasc.nas.train import TrainRecord, read_record
+    from parnasc.nas.runs import TrainRecord, read_record, trained_accuracy
 
     record = read_record(run / "train_settings.json", TrainRecord, "training")
-    assert _trained(run, record) == meta["test_acc"]
-    assert _trained(run, record.model_copy(update={"run_id": "started later"})) is None
+    assert trained_accuracy(run, record) == meta["test_acc"]
+    assert trained_accuracy(run, record.model_copy(update={"run_id": "started later"})) is None
 
 
 # --- resume through the API, both search modes (fast, synthetic data) ----------------------
@@ -637,7 +637,8 @@ def test_resume_is_exact_in_both_modes(tmp_path: Path, mode: str, one_thread: No
 
     from parnasc.data.cifar import Loader
     from parnasc.ir.frontend import compile_source
-    from parnasc.nas.search import Settings, search
+    from parnasc.nas.recipes import Settings
+    from parnasc.nas.search import search
 
     spec, ir = compile_source(SMALL, "small.pnas")
     settings = Settings.from_spec(spec.search, 2, mode=mode, epochs=3, warmup=1, batch=16)
@@ -666,7 +667,7 @@ def test_resume_is_exact_in_both_modes(tmp_path: Path, mode: str, one_thread: No
             f.write('{"epoch": 3, "probabilities": {"l1:p1": [0.5')
     (cut / ".checkpoint.pt.x1y2.tmp.pt").write_bytes(b"half a checkpoint")  # a killed save
     resumed = search(spec, ir, settings, *loaders(), cut, resume=True)
-    assert resumed["probabilities"] == whole["probabilities"]
+    assert resumed.probabilities == whole.probabilities
     assert (cut / "arch.jsonl").read_text() == (tmp_path / "whole/arch.jsonl").read_text()
     assert [r["epoch"] for r in map(json.loads, (cut / "metrics.jsonl").open())] == [1, 2, 3]
     assert not list(cut.glob(".*tmp*"))
@@ -679,7 +680,7 @@ def test_resume_is_exact_in_both_modes(tmp_path: Path, mode: str, one_thread: No
         search(spec, ir, settings, *loaders(), early, report=stop_in_first_epoch)
     assert {f.name for f in early.iterdir()} == {"settings.json"}
     resumed = search(spec, ir, settings, *loaders(), early, resume=True)  # starts over
-    assert resumed["probabilities"] == whole["probabilities"]
+    assert resumed.probabilities == whole.probabilities
 
 
 def test_tie_removes_sync_and_latency_search_runs(tmp_path: Path) -> None:
@@ -691,10 +692,12 @@ def test_tie_removes_sync_and_latency_search_runs(tmp_path: Path) -> None:
     from parnasc.ir.frontend import compile_source
     from parnasc.nas.latency import latency_costs
     from parnasc.nas.lower import lower
-    from parnasc.nas.search import Settings, derive, search
+    from parnasc.nas.recipes import Settings
+    from parnasc.nas.search import derive, search
 
     spec, ir = compile_source(SMALL, "small.pnas")
-    choices, _ = derive(lower(ir), ir, None)  # all logits 0: every tie
+    ties = {k: p.tolist() for k, p in lower(ir).probabilities().items()}  # all logits 0
+    choices = derive(ties, ir, None)
     assert choices["l1:sync"] == choices["l2:sync"] == "none"
     costs = latency_costs(ir, cache_dir=tmp_path / "lat")
     rng = np.random.default_rng(0)
@@ -704,10 +707,10 @@ def test_tie_removes_sync_and_latency_search_runs(tmp_path: Path) -> None:
     val = Loader(x[48:], y[48:], 16, shuffle=False, augment=False, seed=1)
     settings = Settings.from_spec(spec.search, 2, cost="latency", epochs=2, warmup=0, beta=1.0)
     result = search(spec, ir, settings, train, val, tmp_path / "run", costs=costs)
-    assert result["cost_kind"] == "latency"
+    assert result.cost_kind == "latency"
     # The chosen architecture costs at most the costliest one (norm); the relative 1e-6 allows
     # for float32 rounding when they are the same architecture.
-    assert costs.fixed < result["cost"] <= costs.norm * (1 + 1e-6)
+    assert costs.fixed < result.cost <= costs.norm * (1 + 1e-6)
     assert (tmp_path / "run/derived.pnas").is_file()
 
 

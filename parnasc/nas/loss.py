@@ -35,26 +35,33 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from parnasc.ir.graph import IR, arch_key
+from parnasc.ir.graph import IR, arch_key, block_key, fixed_cost, flops_range, sync_key
 from parnasc.nas.lower import Net
 
 
 @dataclass
 class CostModel:
+    """The costs of a search space: per candidate of every block, per searchable sync site,
+    and the fixed part every architecture runs (units: FLOPs, or microseconds)."""
+
     kind: str  # "flops" or "latency"
-    blocks: dict[str, torch.Tensor]  # "<level>:p<k>" -> cost per candidate
-    syncs: dict[str, float]  # "<level>:sync" -> cost of that combine (searchable sites)
+    blocks: dict[str, torch.Tensor]  # block key (`l1:p2`) -> cost per candidate
+    syncs: dict[str, float]  # sync key (`l1:sync`) -> cost of that combine (searchable sites)
     fixed: float  # stem, fixed syncs, merge, head
     levels: list[str]
     paths: int
     joins: tuple[str, ...] = ()  # levels followed by an always-on sync (latency only)
+    peak: float | None = None  # the most expensive architecture's cost, where known exactly
 
     @property
     def norm(self) -> float:
-        """Cost of the most expensive architecture."""
+        """Cost of the most expensive architecture (`peak` when given)."""
+        if self.peak is not None:
+            return self.peak
+        paths = range(1, self.paths + 1)
         if self.kind == "latency":
             ops = sum(
-                max(float(self.blocks[f"{lv}:p{p}"].max()) for p in range(1, self.paths + 1))
+                max(float(self.blocks[block_key(lv, p)].max()) for p in paths)
                 for lv in self.levels
             )
         else:
@@ -80,14 +87,14 @@ class CostModel:
         t = torch.zeros(self.paths)
         for lv in self.levels:
             block = [
-                (probs[k] * self.blocks[k]).sum() if (k := f"{lv}:p{p}") in probs
+                (probs[k] * self.blocks[k]).sum() if (k := block_key(lv, p)) in probs
                 else self.blocks[k][0]
                 for p in range(1, self.paths + 1)
             ]
             t = t + torch.stack(block)
             if lv in self.joins:
                 t = t.max().expand(self.paths)
-            elif (k := f"{lv}:sync") in self.syncs:
+            elif (k := sync_key(lv)) in self.syncs:
                 q = probs[k][0] if k in probs else torch.ones(())
                 t = q * t.max() + (1 - q) * t
         return t.max()
@@ -103,18 +110,18 @@ class CostModel:
 
 
 def flops_costs(ir: IR) -> CostModel:
-    """The `flops` cost model, straight from the IR's equation (7)-(10) annotations."""
+    """The `flops` cost model, straight from the IR's equation (7)-(10) annotations; the fixed
+    part and the norm are the IR's own sums (`fixed_cost`, `flops_range`)."""
     blocks: dict[str, torch.Tensor] = {}
     syncs: dict[str, float] = {}
-    fixed = 0.0
     for n in ir.nodes():
         if n.kind == "block":
             blocks[arch_key(n.id)] = torch.tensor([float(c.cost.flops) for c in n.candidates])
         elif n.kind == "sync" and n.mode == "search":
             syncs[arch_key(n.id)] = float(n.cost.flops)
-        elif n.kind in ("op", "sync", "merge"):
-            fixed += float(n.candidate_costs()[0].flops)
-    return CostModel("flops", blocks, syncs, fixed, ir.levels, ir.paths)
+    fixed = float(fixed_cost(ir).flops)
+    peak = float(flops_range(ir)[1])
+    return CostModel("flops", blocks, syncs, fixed, ir.levels, ir.paths, peak=peak)
 
 
 def total_loss(

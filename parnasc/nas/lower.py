@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from parnasc.ir import ops
-from parnasc.ir.graph import IR, Node, arch_key
+from parnasc.ir.graph import IR, Node, arch_key, block_key, sync_key
 
 
 class Combine(nn.Module):
@@ -64,6 +64,24 @@ def _build_op(n: Node, index: int = 0) -> nn.Module:
     return ops.REGISTRY[c.kind].build(n.in_shapes[0], n.out_shape, c.params)
 
 
+def arch_choices(ir: IR) -> dict[str, list[str]]:
+    """The decisions of the search space of `ir`: architecture key -> candidate labels, for
+    every block with several candidates (path by path, level by level) and then every
+    searchable sync site (`[combiner, "none"]`: sync, direct). The order of `Net.arch`."""
+    choices: dict[str, list[str]] = {}
+    for p in range(1, ir.paths + 1):
+        for lv in ir.levels:
+            b = ir.block(lv, p)
+            if len(b.candidates) > 1:
+                choices[arch_key(b.id)] = [c.label for c in b.candidates]
+    for lv in ir.levels:
+        s = ir.sync(lv)
+        if s is not None and s.mode == "search":
+            assert s.combiner is not None
+            choices[arch_key(s.id)] = [s.combiner, "none"]
+    return choices
+
+
 class Net(nn.Module):
     """The lowered network; a supernet when the IR has choices left, else a concrete model."""
 
@@ -81,7 +99,9 @@ class Net(nn.Module):
         self.syncs = nn.ModuleDict()
         self.arch = nn.ParameterDict()
         self.search_sync: dict[str, bool] = {}
-        self.choices: dict[str, list[str]] = {}  # arch key -> candidate labels
+        self.choices = arch_choices(ir)  # arch key -> candidate labels
+        for key, labels in self.choices.items():
+            self.arch[key] = nn.Parameter(torch.zeros(len(labels)))
         for p in range(1, ir.paths + 1):
             blocks = nn.ModuleDict()
             for lv in ir.levels:
@@ -90,9 +110,6 @@ class Net(nn.Module):
                     blocks[lv] = _build_op(b)
                 else:
                     blocks[lv] = MixedOp([_build_op(b, i) for i in range(len(b.candidates))])
-                    key = arch_key(b.id)
-                    self.arch[key] = nn.Parameter(torch.zeros(len(b.candidates)))
-                    self.choices[key] = [c.label for c in b.candidates]
             self.paths[f"p{p}"] = blocks
         for lv in ir.levels:
             s = ir.sync(lv)
@@ -101,10 +118,6 @@ class Net(nn.Module):
             assert s.combiner is not None and s.out_shape is not None
             self.syncs[lv] = Combine(s.combiner, ir.paths, s.out_shape[0], reduce=True)
             self.search_sync[lv] = s.mode == "search"
-            if s.mode == "search":
-                key = arch_key(s.id)
-                self.arch[key] = nn.Parameter(torch.zeros(2))  # [sync, direct]
-                self.choices[key] = [s.combiner, "none"]
         m = ir.node("merge")
         assert m.combiner is not None and m.out_shape is not None
         self.merge = Combine(m.combiner, ir.paths, m.out_shape[0], reduce=False)
@@ -131,14 +144,14 @@ class Net(nn.Module):
             for p in range(self.n_paths):
                 block = cast(nn.ModuleDict, self.paths[f"p{p + 1}"])[lv]
                 if isinstance(block, MixedOp):
-                    new.append(block(outs[p], probs[f"{lv}:p{p + 1}"]))
+                    new.append(block(outs[p], probs[block_key(lv, p + 1)]))
                 else:
                     new.append(block(outs[p]))
             outs = new
             if lv in self.syncs:
                 s = self.syncs[lv](outs)
                 if self.search_sync.get(lv):
-                    w = probs[f"{lv}:sync"]
+                    w = probs[sync_key(lv)]
                     sw = s * w[0]  # shared by all paths
                     outs = [torch.addcmul(sw, o, w[1]) for o in outs]  # equation (3)
                 else:
@@ -159,10 +172,10 @@ def transfer_weights(concrete: Net, supernet: Net, choices: dict[str, str]) -> N
         mod.load_state_dict(getattr(supernet, name).state_dict())
     for lv, comb in concrete.syncs.items():
         comb.load_state_dict(supernet.syncs[lv].state_dict())
-    for p, blocks in concrete.paths.items():
-        for lv, block in cast(nn.ModuleDict, blocks).items():
-            src = cast(nn.ModuleDict, supernet.paths[p])[lv]
+    for p in range(1, concrete.n_paths + 1):
+        for lv, block in cast(nn.ModuleDict, concrete.paths[f"p{p}"]).items():
+            src = cast(nn.ModuleDict, supernet.paths[f"p{p}"])[lv]
             if isinstance(src, MixedOp):
-                key = f"{lv}:{p}"
+                key = block_key(lv, p)
                 src = src.ops[supernet.choices[key].index(choices[key])]
             block.load_state_dict(src.state_dict())

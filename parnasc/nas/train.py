@@ -3,34 +3,41 @@ second training: the concrete network, starting from the weights reached in the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from parnasc import __version__
 from parnasc.cpus import allowed_cpus
-from parnasc.errors import UserError
+from parnasc.errors import OptionError, UserError
 from parnasc.files import atomic_path
 from parnasc.files import write_text as atomic_text
-from parnasc.lang.spec import OptimSpec
+from parnasc.ir.frontend import compile_file
+from parnasc.lang.spec import OptimSpec, Spec
+from parnasc.nas.lower import Net, lower
+from parnasc.nas.runs import TrainRecord, one_line
 
 
-def set_threads(n: int | None) -> int:
-    """Intra-op threads for training (default: all cores of this process's affinity)."""
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """torch's intra-op threads for the block (default: all cores of this process's
+    affinity); the process's count is restored after."""
+    before = torch.get_num_threads()
     n = n or len(allowed_cpus())
     torch.set_num_threads(n)
-    return n
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
 
 
 def make_optimizer(params: list[nn.Parameter], o: OptimSpec) -> torch.optim.Optimizer:
@@ -73,7 +80,7 @@ def load_checkpoint(path: Path, keys: tuple[str, ...] = ("net",)) -> dict[str, A
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except Exception as exc:  # torch raises several types for corrupt files
-        msg = _one_line(exc)
+        msg = one_line(exc)
         if msg.startswith("Weights only load failed"):  # torch's advice does not apply here
             msg = "not a file of tensors and plain containers"
         raise UserError(
@@ -94,16 +101,7 @@ def load_state(target: Any, state: Any, path: Path, what: str) -> None:
     try:
         target.load_state_dict(state)
     except Exception as exc:  # RuntimeError, KeyError, ValueError, TypeError from torch
-        raise UserError(f"{path}: does not match {what}: {_one_line(exc)}") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    """The most telling sentence of an exception message (torch's span lines)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
-        lines = lines[1:]
-    text = lines[0].split(". ")[0] if lines else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+        raise UserError(f"{path}: does not match {what}: {one_line(exc)}") from None
 
 
 def remove_temporaries(directory: Path, names: tuple[str, ...]) -> None:
@@ -130,7 +128,7 @@ class JsonLog:
         except FileNotFoundError:
             return []
         except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"{self.path}: cannot read ({_one_line(exc)})") from None
+            raise UserError(f"{self.path}: cannot read ({one_line(exc)})") from None
         out: list[dict[str, Any]] = []
         for i, ln in enumerate(lines):
             if not ln.strip():
@@ -156,79 +154,6 @@ class JsonLog:
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         atomic_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-
-
-RECORD_FORMAT = 2  # layout of settings.json / train_settings.json; bump when it changes
-R = TypeVar("R", bound=BaseModel)
-
-
-class DataRecord(BaseModel):
-    """Where a run's data came from and which of it it used, so a resume uses the same."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    source: str | None  # absolute path; None: the official archive downloaded into the cache
-    train_images: int | None = Field(ge=1)
-    test_images: int | None = Field(ge=1)
-    fingerprint: str  # sha256 of the images and labels used (see `fingerprint`)
-
-
-def fingerprint(*arrays: np.ndarray) -> str:
-    """sha256 of arrays' shapes, dtypes and bytes: the identity of the data a run used."""
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape};".encode())
-        h.update(a.reshape(-1).view(np.uint8).data)
-    return h.hexdigest()
-
-
-def read_record(path: Path, model: type[R], what: str) -> R:
-    """Read and validate a run record (`settings.json`, `train_settings.json`): anything
-    missing, truncated, malformed or from another format is a one-line UserError."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path.parent}: not a {what} directory (no {path.name})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({_one_line(exc)})") from None
-    except ValueError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); the file is damaged") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a JSON object, found a {type(raw).__name__}")
-    fmt = raw.get("format")
-    if fmt != RECORD_FORMAT:
-        raise UserError(
-            f"{path}: written by another version of parnasc (format {fmt!r}, this one reads "
-            f"{RECORD_FORMAT}); start a new run"
-        )
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        loc = ".".join(map(str, e["loc"])) or "(top level)"
-        raise UserError(f"{path}: {loc}: {e['msg']}") from None
-
-
-class TrainRecord(BaseModel):
-    """`train_settings.json`: everything that determines a retraining."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    format: int
-    parnasc: str
-    run_id: str  # new for every training started without --resume
-    spec: str  # absolute path of the concrete spec
-    spec_hash: str
-    init: str  # "scratch", or the absolute path of the searched weights it started from
-    epochs: int = Field(ge=0)
-    data: DataRecord
-    threads: int = Field(ge=1)  # the default of a resume (thread counts change float sums)
-
-    def identity(self) -> dict[str, Any]:
-        """Which training (and how long) a `model.pt` is the result of: a model left by an
-        earlier training in the same directory does not pass for this one."""
-        return self.model_dump(include={"run_id", "spec_hash", "init", "epochs"})
 
 
 def epoch_seed(seed: int, epoch: int) -> None:
@@ -257,7 +182,11 @@ class Meter:
         return out
 
 
-Report = Callable[[str, int, int, dict[str, Any]], None]  # (phase, epoch, batch, values)
+# Progress of a run: (phase, epoch, batch, values). Phases: "start" (the epoch it resumes
+# after, batch 0, values `epochs` and `batches` per epoch; a search adds `spec`, its absolute
+# path; once, before the first batch), "warmup" / "search" / "train" (after each
+# batch: running means), "epoch-end" / "train-end" (after each epoch: that epoch's row).
+Report = Callable[[str, int, int, dict[str, Any]], None]
 
 
 TRAIN_OUTPUTS = ("train_settings.json", "train_checkpoint.pt", "train_metrics.jsonl", "model.pt")
@@ -308,6 +237,8 @@ def retrain(
     if record is not None:
         atomic_text(out_dir / "train_settings.json", record.model_dump_json(indent=1) + "\n")
     total = epochs * len(train)
+    if report:
+        report("start", start, 0, {"epochs": epochs, "batches": len(train)})
     for epoch in range(start + 1, epochs + 1):
         epoch_seed(seed, epoch)
         train.set_epoch(epoch)
@@ -334,3 +265,26 @@ def retrain(
         meta["training"] = record.identity()
     atomic_save({"net": net.state_dict(), "meta": meta}, out_dir / "model.pt")
     return acc
+
+
+def load_concrete(spec: Path, weights: Path | None) -> tuple[Spec, Net]:
+    """Compile a concrete spec, lower it and load `weights` (None: its initial weights, seeded
+    by the spec); the network is in eval mode. A `model.pt` retrained from another version of
+    the spec, or weights that do not fit it, are one-line UserErrors."""
+    s, ir = compile_file(spec)
+    if not s.concrete:
+        raise OptionError(f"{spec}: not a concrete spec; search it first ('parnasc search {spec}')")
+    torch.manual_seed(s.search.seed)
+    net = lower(ir)
+    if weights is not None:
+        ck = load_checkpoint(weights)
+        meta = ck.get("meta")
+        if weights.name == "model.pt" and isinstance(meta, dict):
+            trained_for = meta.get("spec_hash")
+            if trained_for is not None and trained_for != s.spec_hash:
+                raise UserError(
+                    f"{weights}: trained from another version of {spec} (edited or re-derived "
+                    f"since); retrain it with 'parnasc train {spec}'"
+                )
+        load_state(net, ck["net"], weights, f"the network of {spec} (edited since it was saved?)")
+    return s, net.eval()

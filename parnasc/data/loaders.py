@@ -1,0 +1,63 @@
+"""The data of a run: CIFAR-10 from a source (subset when asked), checked against the spec's
+input, and the loaders of its training, held-out and test splits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from parnasc.data.cifar import Cifar, Loader, load_cifar10, split_train, subset
+from parnasc.errors import OptionError
+
+CIFAR_INPUT = (3, 32, 32)
+TEST_BATCH = 500
+
+
+def load_data(
+    source: Path | None,
+    train_images: int | None,
+    test_images: int | None,
+    seed: int,
+    log: Callable[[str], None] | None = None,
+) -> Cifar:
+    """CIFAR-10 from `source` (None: the official archive, downloaded into the cache), as a
+    class-balanced subset of `train_images` / `test_images` when given (None: a whole split);
+    `log` receives the loader's one-line messages."""
+    cifar = load_cifar10(source, progress=log)
+    if train_images is not None or test_images is not None:
+        cifar = subset(cifar, train_images, test_images, seed)
+    return cifar
+
+
+def check_input(shape: tuple[int, int, int]) -> None:
+    """Refuse a spec whose input is not CIFAR-10's 3x32x32."""
+    if tuple(shape) != CIFAR_INPUT:
+        raise OptionError(
+            f"the data is 3x32x32 CIFAR-10 but the spec's input is {'x'.join(map(str, shape))}"
+        )
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """Batches of a run: `train` (shuffled, augmented, whole batches), `val` (the held-out
+    `val_fraction` of the training images, shuffled) and `test` (in order)."""
+
+    train: Loader
+    val: Loader
+    test: Loader
+
+
+def make_loaders(cifar: Cifar, batch: int, val_fraction: float, seed: int) -> Loaders:
+    """Split the training images (stratified, by `seed`) and build the three loaders."""
+    (xt, yt), (xv, yv) = split_train(cifar.train_x, cifar.train_y, val_fraction, seed)
+    return Loaders(
+        train=Loader(xt, yt, batch, shuffle=True, augment=True, seed=seed, drop_last=True),
+        val=Loader(xv, yv, batch, shuffle=True, augment=False, seed=seed + 1),
+        test=Loader(
+            cifar.test_x, cifar.test_y, TEST_BATCH, shuffle=False, augment=False, seed=0
+        ),
+    )
+
+
+__all__ = ["Loaders", "check_input", "load_data", "make_loaders"]

@@ -1,0 +1,138 @@
+"""Search settings: the spec's `search` section, a recipe (`default` or `paper`) and the options
+a caller gives explicitly, merged into one checked `Settings`. Imports neither torch nor data."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from parnasc.errors import OptionError
+from parnasc.lang.spec import SearchSpec
+
+RECIPES = ("default", "paper")
+COSTS = ("flops", "latency")
+MODES = ("joint", "alternate")
+
+# The paper's settings: plain SGD, lr 1e-4 for the weights and 0.1 for the decision variables,
+# no warm-up, joint steps.
+PAPER_RECIPE: dict[str, Any] = {
+    "weights": {"name": "sgd", "lr": 1e-4, "momentum": 0.0, "wd": 0.0, "nesterov": 0},
+    "arch": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "wd": 0.0, "nesterov": 0},
+    "warmup": 0,
+    "mode": "joint",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that determines a search run (recorded in every output)."""
+
+    alpha: float
+    beta: float
+    cost: str
+    epochs: int
+    warmup: int
+    batch: int
+    seed: int
+    mode: str
+    val_fraction: float
+    cores: int
+    weights: dict[str, Any]
+    arch: dict[str, Any]
+    n_train: int | None = None
+    recipe: str = "default"
+
+    @classmethod
+    def from_spec(cls, s: SearchSpec, cores: int, **overrides: Any) -> Settings:
+        """The spec's search section for `cores` cores; overrides that are not None win."""
+        base: dict[str, Any] = {
+            "alpha": s.alpha,
+            "beta": s.beta,
+            "cost": s.cost,
+            "epochs": s.epochs,
+            "warmup": s.warmup,
+            "batch": s.batch,
+            "seed": s.seed,
+            "mode": s.mode,
+            "val_fraction": s.val_fraction,
+            "cores": cores,
+            "weights": s.weights.model_dump(),
+            "arch": s.arch.model_dump(),
+        }
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """The search settings a caller gives explicitly; None leaves the spec's (or the recorded
+    run's) value. `train_images` is `Settings.n_train`."""
+
+    cores: int | None = None
+    recipe: str | None = None
+    alpha: float | None = None
+    beta: float | None = None
+    cost: str | None = None
+    mode: str | None = None
+    epochs: int | None = None
+    warmup: int | None = None
+    batch: int | None = None
+    seed: int | None = None
+    train_images: int | None = None
+
+    def check(self) -> None:
+        """Refuse values no run can take (a word outside its choices, fewer than one core)."""
+        for name, value, allowed in (
+            ("--cost", self.cost, COSTS),
+            ("--mode", self.mode, MODES),
+            ("--recipe", self.recipe, RECIPES),
+        ):
+            if value is not None and value not in allowed:
+                raise OptionError(f"{name} {value}: expected one of {', '.join(allowed)}")
+        if self.cores is not None and self.cores < 1:
+            raise OptionError(f"--cores {self.cores}: must be at least 1")
+
+
+def make_settings(search: SearchSpec, cores: int, options: SearchOptions) -> Settings:
+    """The settings of a new search on `cores` cores: the spec's `search` section, then the
+    recipe's values (`paper`), then every option given; checked like the spec (`validate`)."""
+    given = {
+        k: v
+        for k, v in asdict(options).items()
+        if v is not None and k not in ("cores", "recipe", "train_images")
+    }
+    if options.train_images is not None:
+        given["n_train"] = options.train_images
+    merged = {**PAPER_RECIPE, **given} if options.recipe == "paper" else given
+    settings = Settings.from_spec(search, cores, recipe=options.recipe or "default", **merged)
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    """Check settings with the rules of the spec's search section; an OptionError names the
+    option as the command line spells it (`--beta -1.0: must be ...`)."""
+    from pydantic import ValidationError
+
+    values = {k: v for k, v in asdict(settings).items() if k in SearchSpec.model_fields}
+    try:
+        SearchSpec.model_validate(values)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        name = str(e["loc"][0]).replace("_", "-")
+        msg = str(e["msg"]).replace("Input should be", "must be")
+        raise OptionError(f"--{name} {values.get(str(e['loc'][0]))}: {msg}") from None
+    if settings.n_train is not None and settings.n_train < 20:
+        raise OptionError(f"--train-images {settings.n_train}: need at least 20")
+
+
+__all__ = [
+    "COSTS",
+    "MODES",
+    "PAPER_RECIPE",
+    "RECIPES",
+    "SearchOptions",
+    "Settings",
+    "make_settings",
+    "validate",
+]
