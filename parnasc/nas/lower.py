@@ -3,8 +3,8 @@ equations 1-2; searchable sync sites, equation 3); a concrete IR lowers to a pla
 
 Both share one layout, which emit and the runtime rely on:
 `stem`, `paths[p<k>][<level>]`, `syncs[<level>]`, `merge`, `head`, and `levels`.
-Architecture parameters live in `arch` (a ParameterDict keyed `<level>:p<k>` and
-`<level>:sync`), apart from the network weights.
+Architecture parameters live in `arch`, a ParameterDict keyed by `parnasc.ir.graph.block_key`
+(`l2:p1`) and `sync_key` (`l2:sync`) as `arch_choices` lists them, apart from the weights.
 """
 
 from __future__ import annotations
