@@ -152,6 +152,23 @@ def fc_cost(i: int, o: int) -> Cost:
 
 # --- the ops ------------------------------------------------------------------------------
 
+_K = Param("k", int, None, odd_kernel, "kernel size (odd)")
+_OUT = Param("out", int, None, positive, "output channels (a level sets it)")
+_STRIDE = Param("stride", int, 1, positive, "stride (a level sets it)")
+_DIL = Param("dilation", int, 1, positive, "dilation")
+
+
+def _conv_kind(
+    name: str,
+    doc: str,
+    cost: Callable[[Shape, Shape, Params], Cost],
+    build: Callable[[Shape, Shape, Params], nn.Module],
+) -> OpKind:
+    """A convolution: k, out, stride, dilation; in a stem or a level; same padding."""
+    return OpKind(
+        name, doc, (_K, _OUT, _STRIDE, _DIL), frozenset({"stem", "level"}), _conv_shape, cost, build
+    )
+
 
 def _conv_shape(shape: Shape, p: Params) -> Shape:
     return _window(shape, p, p["out"], "conv")
@@ -172,22 +189,7 @@ def _conv_build(i: Shape, o: Shape, p: Params) -> nn.Module:
     )
 
 
-_K = Param("k", int, None, odd_kernel, "kernel size (odd)")
-_OUT = Param("out", int, None, positive, "output channels (a level sets it)")
-_STRIDE = Param("stride", int, 1, positive, "stride (a level sets it)")
-_DIL = Param("dilation", int, 1, positive, "dilation")
-
-register(
-    OpKind(
-        "conv",
-        "k x k convolution + BatchNorm + ReLU",
-        (_K, _OUT, _STRIDE, _DIL),
-        frozenset({"stem", "level"}),
-        _conv_shape,
-        _conv_cost,
-        _conv_build,
-    )
-)
+register(_conv_kind("conv", "k x k convolution + BatchNorm + ReLU", _conv_cost, _conv_build))
 
 
 def _sep_cost(i: Shape, o: Shape, p: Params) -> Cost:
@@ -210,12 +212,9 @@ def _sep_build(i: Shape, o: Shape, p: Params) -> nn.Module:
 
 
 register(
-    OpKind(
+    _conv_kind(
         "sepconv",
         "depthwise-separable conv: k x k depthwise + BN + ReLU, 1x1 pointwise + BN + ReLU",
-        (_K, _OUT, _STRIDE, _DIL),
-        frozenset({"stem", "level"}),
-        _conv_shape,
         _sep_cost,
         _sep_build,
     )
