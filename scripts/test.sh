@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check parnasc tests benchmarks
+.venv/bin/ruff check parnasc tests benchmarks examples
 .venv/bin/mypy parnasc
 .venv/bin/python -m pytest -q "$@"

@@ -1,2 +1,3 @@
-"""The search: IR -> torch supernet, cost models and the loss of equation (12), the search and
-derivation, measured latency tables, retraining."""
+"""The search: IR -> torch supernet, cost models and the loss of equation (12), settings and
+recipes, the search and derivation, run records and resume rules, measured latency tables,
+retraining."""
