@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from parnasc.errors import source_lines
-from parnasc.lang.parse import (
+from parnasc.lang.syntax import (
     Call,
     Classes,
     Comment,

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from parnasc.errors import Span
 from parnasc.lang import ops
 from parnasc.lang.fmt import canonical_text
-from parnasc.lang.parse import Document, parse
+from parnasc.lang.parse import parse
+from parnasc.lang.syntax import Document
 
 SYNC_MODES = ("always", "search", "none")
 

@@ -10,9 +10,9 @@ from parnasc.lang import ops
 from parnasc.lang.fmt import fmt_value
 from parnasc.lang.limits import MAX_PARAM
 from parnasc.lang.model import OpSpec
-from parnasc.lang.parse import Arg, BinOp, Call, Neg, Num, Ref
 from parnasc.lang.resolve.constants import Scope, is_whole
 from parnasc.lang.resolve.messages import show
+from parnasc.lang.syntax import Arg, BinOp, Call, Neg, Num, Ref
 
 
 def operation(

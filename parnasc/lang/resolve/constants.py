@@ -13,8 +13,8 @@ from typing import Any
 from parnasc.errors import Collector, Span, did_you_mean
 from parnasc.lang.fmt import fmt_expr
 from parnasc.lang.limits import MAX_NUMBER
-from parnasc.lang.parse import BinOp, Call, Const, Expr, Neg, Num, Ref, Size, Value
 from parnasc.lang.resolve.messages import line_of, show
+from parnasc.lang.syntax import BinOp, Call, Const, Expr, Neg, Num, Ref, Size, Value
 
 Number = int | float | Fraction  # Fraction: an int / int that does not divide exactly
 

@@ -10,10 +10,10 @@ from parnasc.errors import Span, did_you_mean
 from parnasc.lang import ops
 from parnasc.lang.limits import MAX_LEVELS, MAX_PATHS, MAX_REPEAT
 from parnasc.lang.model import SYNC_MODES, LevelSpec, OpSpec, SyncSpec
-from parnasc.lang.parse import Level, LevelItem, Ops, Out, PathOps, Repeat, Stride, Sync
 from parnasc.lang.resolve.calls import candidates
 from parnasc.lang.resolve.constants import Scope
 from parnasc.lang.resolve.messages import join_words, line_of
+from parnasc.lang.syntax import Level, LevelItem, Ops, Out, PathOps, Repeat, Stride, Sync
 
 
 class LevelSequence:

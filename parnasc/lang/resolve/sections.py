@@ -11,10 +11,10 @@ from pydantic import BaseModel, ValidationError
 from parnasc.errors import Span, did_you_mean
 from parnasc.lang import ops
 from parnasc.lang.model import HeadSpec, OpSpec, OptimSpec
-from parnasc.lang.parse import Call, Head, Merge, Setting
 from parnasc.lang.resolve.calls import operation
 from parnasc.lang.resolve.constants import Scope
 from parnasc.lang.resolve.messages import line_of, show
+from parnasc.lang.syntax import Call, Head, Merge, Setting
 
 SpanKey = tuple[str, ...]  # (setting,), (setting, "name"), (setting, arg), (setting, arg, "=")
 

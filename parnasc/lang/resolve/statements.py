@@ -9,7 +9,12 @@ from typing import Any
 from parnasc.errors import Collector, Span
 from parnasc.lang.limits import MAX_BLOCKS, MAX_INPUT_VALUES, MAX_PATHS
 from parnasc.lang.model import SearchSpec, Spec, TargetSpec, spec_hash
-from parnasc.lang.parse import (
+from parnasc.lang.resolve.calls import operation
+from parnasc.lang.resolve.constants import Scope
+from parnasc.lang.resolve.levels import LevelSequence, level_specs
+from parnasc.lang.resolve.messages import join_words, line_of, show
+from parnasc.lang.resolve.sections import head_spec, settings_section
+from parnasc.lang.syntax import (
     Classes,
     Const,
     Document,
@@ -25,11 +30,6 @@ from parnasc.lang.parse import (
     Sync,
     Target,
 )
-from parnasc.lang.resolve.calls import operation
-from parnasc.lang.resolve.constants import Scope
-from parnasc.lang.resolve.levels import LevelSequence, level_specs
-from parnasc.lang.resolve.messages import join_words, line_of, show
-from parnasc.lang.resolve.sections import head_spec, settings_section
 
 HEADER = ("model", "input", "classes", "paths")  # the statements every spec needs
 _EXAMPLES = {  # hints for `missing ...` errors: what each statement looks like
