@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parnasc.lang import parse as P
+from parnasc.lang import syntax as S
 from parnasc.lang.fmt import canonical_text, fmt_expr, format_document
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,7 +182,7 @@ def test_call_without_arguments_keeps_parentheses_in_values() -> None:
 )
 def test_expression_printing(src: str, printed: str) -> None:
     (const,) = P.parse(f"const c = {src}").stmts
-    assert isinstance(const, P.Const)
+    assert isinstance(const, S.Const)
     assert fmt_expr(const.value) == printed
 
 
@@ -193,71 +194,71 @@ NAMES = st.sampled_from(
 )
 INTS = st.integers(0, 10**9)
 FLOATS = st.floats(0, 1e12, allow_nan=False, allow_infinity=False).map(abs)
-NUMS = st.one_of(INTS, FLOATS).map(P.Num)
+NUMS = st.one_of(INTS, FLOATS).map(S.Num)
 
 
-def exprs() -> st.SearchStrategy[P.Expr]:
+def exprs() -> st.SearchStrategy[S.Expr]:
     return st.recursive(
-        st.one_of(NUMS, NAMES.map(P.Ref)),
+        st.one_of(NUMS, NAMES.map(S.Ref)),
         lambda inner: st.one_of(
-            st.builds(P.BinOp, st.sampled_from("+-*/"), inner, inner),
-            st.builds(P.Neg, inner),
+            st.builds(S.BinOp, st.sampled_from("+-*/"), inner, inner),
+            st.builds(S.Neg, inner),
         ),
         max_leaves=5,
     )
 
 
 SIZES = st.builds(
-    lambda n, frac, unit: P.Size(f"{n}{frac}{unit}"),
+    lambda n, frac, unit: S.Size(f"{n}{frac}{unit}"),
     st.integers(0, 4096),
     st.sampled_from(["", ".5", ".25"]),
     st.sampled_from(["B", "KB", "KiB", "MB", "MiB", "GB", "GiB"]),
 )
 
 
-def values() -> st.SearchStrategy[P.Value]:
-    def calls(inner: st.SearchStrategy[P.Value]) -> st.SearchStrategy[P.Value]:
-        args = st.lists(st.builds(P.Arg, NAMES, inner), max_size=3).map(tuple)
-        return st.builds(P.Call, NAMES, args)
+def values() -> st.SearchStrategy[S.Value]:
+    def calls(inner: st.SearchStrategy[S.Value]) -> st.SearchStrategy[S.Value]:
+        args = st.lists(st.builds(S.Arg, NAMES, inner), max_size=3).map(tuple)
+        return st.builds(S.Call, NAMES, args)
 
     return st.recursive(st.one_of(exprs(), SIZES), calls, max_leaves=4)
 
 
-OPS = st.builds(P.Call, NAMES, st.lists(st.builds(P.Arg, NAMES, values()), max_size=3).map(tuple))
+OPS = st.builds(S.Call, NAMES, st.lists(st.builds(S.Arg, NAMES, values()), max_size=3).map(tuple))
 OPLIST = st.lists(OPS, min_size=1, max_size=3).map(tuple)
-SETTINGS = st.lists(st.builds(P.Setting, NAMES, values()), max_size=4).map(tuple)
+SETTINGS = st.lists(st.builds(S.Setting, NAMES, values()), max_size=4).map(tuple)
 LEVEL_ITEMS = st.one_of(
-    st.builds(P.Out, exprs()),
-    st.builds(P.Stride, exprs()),
-    st.builds(P.Ops, OPLIST),
-    st.builds(P.PathOps, exprs(), OPLIST),
+    st.builds(S.Out, exprs()),
+    st.builds(S.Stride, exprs()),
+    st.builds(S.Ops, OPLIST),
+    st.builds(S.PathOps, exprs(), OPLIST),
 )
-LEVELS = st.builds(P.Level, NAMES, st.lists(LEVEL_ITEMS, max_size=4).map(tuple))
-SYNCS = st.builds(P.Sync, NAMES, st.one_of(st.none(), NAMES))
+LEVELS = st.builds(S.Level, NAMES, st.lists(LEVEL_ITEMS, max_size=4).map(tuple))
+SYNCS = st.builds(S.Sync, NAMES, st.one_of(st.none(), NAMES))
 DIM = st.integers(0, 512)
 STMTS = st.one_of(
-    st.builds(P.Model, NAMES),
-    st.builds(P.Input, DIM, DIM, DIM),
-    st.builds(P.Classes, exprs()),
-    st.builds(P.Paths, exprs()),
-    st.builds(P.Target, SETTINGS),
-    st.builds(P.Const, NAMES, exprs()),
-    st.builds(P.Stem, st.lists(OPS, max_size=3).map(tuple)),
+    st.builds(S.Model, NAMES),
+    st.builds(S.Input, DIM, DIM, DIM),
+    st.builds(S.Classes, exprs()),
+    st.builds(S.Paths, exprs()),
+    st.builds(S.Target, SETTINGS),
+    st.builds(S.Const, NAMES, exprs()),
+    st.builds(S.Stem, st.lists(OPS, max_size=3).map(tuple)),
     LEVELS,
     SYNCS,
-    st.builds(P.Repeat, exprs(), st.lists(st.one_of(LEVELS, SYNCS), max_size=3).map(tuple)),
+    st.builds(S.Repeat, exprs(), st.lists(st.one_of(LEVELS, SYNCS), max_size=3).map(tuple)),
     st.builds(
-        P.Head, st.lists(st.one_of(st.builds(P.Merge, NAMES), OPS), max_size=4).map(tuple)
+        S.Head, st.lists(st.one_of(st.builds(S.Merge, NAMES), OPS), max_size=4).map(tuple)
     ),
-    st.builds(P.Search, SETTINGS),
+    st.builds(S.Search, SETTINGS),
 )
 DOCS = st.lists(STMTS, max_size=6).map(tuple)
 
 
 @FAST
 @given(stmts=DOCS)
-def test_round_trip_random_trees(stmts: tuple[P.Stmt, ...]) -> None:
-    text = format_document(P.Document(stmts))
+def test_round_trip_random_trees(stmts: tuple[S.Stmt, ...]) -> None:
+    text = format_document(S.Document(stmts))
     assert text == canonical_text(stmts)
     assert P.parse(text).stmts == stmts
     assert fmt(text) == text
@@ -266,7 +267,7 @@ def test_round_trip_random_trees(stmts: tuple[P.Stmt, ...]) -> None:
 @FAST
 @given(stmts=DOCS, data=st.data())
 def test_random_comments_and_blank_lines_are_kept(
-    stmts: tuple[P.Stmt, ...], data: st.DataObject
+    stmts: tuple[S.Stmt, ...], data: st.DataObject
 ) -> None:
     """Sprinkle comments (own-line and trailing) and blank lines into canonical text."""
     out: list[str] = []

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from parnasc.errors import PnasError
 from parnasc.ir.frontend import compile_source
 from parnasc.lang import parse as P
+from parnasc.lang import syntax as S
 from parnasc.lang.fmt import format_document
 from parnasc.lang.spec import resolve, spec_hash
 
@@ -58,26 +59,26 @@ def test_parse_cifar() -> None:
 
 
 def test_sync_without_combiner() -> None:
-    syncs = [s for s in P.parse(MINI).stmts if isinstance(s, P.Sync)]
-    assert syncs == [P.Sync("search", None)]
+    syncs = [s for s in P.parse(MINI).stmts if isinstance(s, S.Sync)]
+    assert syncs == [S.Sync("search", None)]
 
 
 def test_tree_shapes_and_spans() -> None:
     doc = P.parse("const w = -(2 + 3) * 4 / x\nsearch { weights sgd(lr=1e-05) memory 8MiB }\n")
     const, search = doc.stmts
-    assert isinstance(const, P.Const) and const.name_span is not None
-    assert const.value == P.BinOp(
+    assert isinstance(const, S.Const) and const.name_span is not None
+    assert const.value == S.BinOp(
         "/",
-        P.BinOp("*", P.Neg(P.BinOp("+", P.Num(2), P.Num(3))), P.Num(4)),
-        P.Ref("x"),
+        S.BinOp("*", S.Neg(S.BinOp("+", S.Num(2), S.Num(3))), S.Num(4)),
+        S.Ref("x"),
     )
     assert (const.name_span.line, const.name_span.column) == (1, 7)
-    assert isinstance(search, P.Search)
+    assert isinstance(search, S.Search)
     weights, memory = search.settings
-    assert weights.value == P.Call("sgd", (P.Arg("lr", P.Num(1e-05)),))
-    assert memory.value == P.Size("8MiB")
+    assert weights.value == S.Call("sgd", (S.Arg("lr", S.Num(1e-05)),))
+    assert memory.value == S.Size("8MiB")
     assert memory.value.span is not None and memory.value.span.column == 39
-    assert isinstance(weights.value, P.Call) and weights.value.name_span is not None
+    assert isinstance(weights.value, S.Call) and weights.value.name_span is not None
     assert weights.value.name_span.column == 18
 
 
@@ -127,7 +128,7 @@ def test_parser_tables_are_cached_per_user(
 def test_keywords_are_names_where_a_name_is_expected() -> None:
     doc = P.parse("level out { out 8 ops conv(out=3, stride=1) }\nhead { fc(out=classes) }\n")
     level = doc.stmts[0]
-    assert isinstance(level, P.Level) and level.name == "out"
+    assert isinstance(level, S.Level) and level.name == "out"
 
 
 # --- syntax errors -----------------------------------------------------------------------------

@@ -12,8 +12,9 @@ from pathlib import Path
 from parnasc.errors import PnasError, Span
 from parnasc.ir import passes
 from parnasc.ir.graph import IR, build, gc_paused
-from parnasc.lang.parse import Document, parse, parse_file
+from parnasc.lang.parse import parse, parse_file
 from parnasc.lang.spec import Spec, resolve
+from parnasc.lang.syntax import Document
 
 
 def compile_document(doc: Document) -> tuple[Spec, IR]:

@@ -1,4 +1,4 @@
-"""Text -> syntax tree (`parnasc.lang.syntax`, re-exported here): the grammar loaded once, its
+"""Text -> syntax tree (`parnasc.lang.syntax`): the grammar loaded once, its
 tables cached per user, the size limits checked, comments collected for `fmt`. A syntax error is
 told in words (`parnasc.lang.syntax_errors`).
 """
@@ -32,7 +32,6 @@ from parnasc.lang.syntax import (
     Head,
     Input,
     Level,
-    LevelItem,
     Merge,
     Model,
     Neg,
@@ -51,50 +50,9 @@ from parnasc.lang.syntax import (
     Stride,
     Sync,
     Target,
-    Value,
     span_of,
     tok_span,
 )
-
-__all__ = [
-    "MAX_DIGITS",
-    "MAX_EXPR_DEPTH",
-    "Arg",
-    "BinOp",
-    "Call",
-    "Classes",
-    "Comment",
-    "Const",
-    "Document",
-    "Expr",
-    "Head",
-    "Input",
-    "Level",
-    "LevelItem",
-    "Merge",
-    "Model",
-    "Neg",
-    "Num",
-    "Ops",
-    "Out",
-    "PathOps",
-    "Paths",
-    "Ref",
-    "Repeat",
-    "Search",
-    "Setting",
-    "Size",
-    "Stem",
-    "Stmt",
-    "Stride",
-    "Sync",
-    "Target",
-    "Value",
-    "cache_dir",
-    "grammar_path",
-    "parse",
-    "parse_file",
-]
 
 # --- grammar loading -------------------------------------------------------------------------
 
