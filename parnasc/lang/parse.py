@@ -19,40 +19,9 @@ from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedInput
 
 from parnasc.errors import Collector, Diagnostic, PnasError, Span
+from parnasc.lang import syntax as S
 from parnasc.lang.limits import MAX_DIGITS, MAX_EXPR_DEPTH
-from parnasc.lang.syntax import (
-    Arg,
-    BinOp,
-    Call,
-    Classes,
-    Comment,
-    Const,
-    Document,
-    Expr,
-    Head,
-    Input,
-    Level,
-    Merge,
-    Model,
-    Neg,
-    Num,
-    Ops,
-    Out,
-    PathOps,
-    Paths,
-    Ref,
-    Repeat,
-    Search,
-    Setting,
-    Size,
-    Stem,
-    Stmt,
-    Stride,
-    Sync,
-    Target,
-    span_of,
-    tok_span,
-)
+from parnasc.lang.syntax import span_of, tok_span
 
 # --- grammar loading -------------------------------------------------------------------------
 
@@ -102,7 +71,7 @@ def _comment_pattern() -> re.Pattern[str]:
     return re.compile(_parser().get_terminal("COMMENT").pattern.to_regexp())
 
 
-def _comments(text: str) -> tuple[Comment, ...]:
+def _comments(text: str) -> tuple[S.Comment, ...]:
     """The comments of `text` (which parsed), each with its line and whether it stands alone."""
     out = []
     line, line_start, pos = 1, 0, 0
@@ -113,7 +82,7 @@ def _comments(text: str) -> tuple[Comment, ...]:
             line_start = text.rfind("\n", pos, m.start()) + 1
         pos = m.start()
         own = text[line_start : m.start()].strip() == ""
-        out.append(Comment(m.group().rstrip(), line, own))
+        out.append(S.Comment(m.group().rstrip(), line, own))
     return tuple(out)
 
 
@@ -179,53 +148,53 @@ def _check_limits(tree: Tree[Token], file: str, source: str) -> None:
 
 @v_args(meta=True)
 class _Build(Transformer[Token, Any]):
-    def start(self, meta: Any, items: list[Stmt]) -> tuple[Stmt, ...]:
+    def start(self, meta: Any, items: list[S.Stmt]) -> tuple[S.Stmt, ...]:
         return tuple(items)
 
-    def model(self, meta: Any, c: list[Token]) -> Model:
-        return Model(str(c[0]), span_of(meta), tok_span(c[0]))
+    def model(self, meta: Any, c: list[Token]) -> S.Model:
+        return S.Model(str(c[0]), span_of(meta), tok_span(c[0]))
 
-    def input(self, meta: Any, c: list[Token]) -> Input:
+    def input(self, meta: Any, c: list[Token]) -> S.Input:
         ch, h, w = (int(p) for p in str(c[0]).split("x"))
-        return Input(ch, h, w, span_of(meta), tok_span(c[0]))
+        return S.Input(ch, h, w, span_of(meta), tok_span(c[0]))
 
-    def classes(self, meta: Any, c: list[Expr]) -> Classes:
-        return Classes(c[0], span_of(meta))
+    def classes(self, meta: Any, c: list[S.Expr]) -> S.Classes:
+        return S.Classes(c[0], span_of(meta))
 
-    def paths(self, meta: Any, c: list[Expr]) -> Paths:
-        return Paths(c[0], span_of(meta))
+    def paths(self, meta: Any, c: list[S.Expr]) -> S.Paths:
+        return S.Paths(c[0], span_of(meta))
 
-    def target(self, meta: Any, c: list[Setting]) -> Target:
-        return Target(tuple(c), span_of(meta))
+    def target(self, meta: Any, c: list[S.Setting]) -> S.Target:
+        return S.Target(tuple(c), span_of(meta))
 
-    def const(self, meta: Any, c: list[Any]) -> Const:
-        return Const(str(c[0]), c[1], span_of(meta), tok_span(c[0]))
+    def const(self, meta: Any, c: list[Any]) -> S.Const:
+        return S.Const(str(c[0]), c[1], span_of(meta), tok_span(c[0]))
 
-    def stem(self, meta: Any, c: list[Call]) -> Stem:
-        return Stem(tuple(c), span_of(meta))
+    def stem(self, meta: Any, c: list[S.Call]) -> S.Stem:
+        return S.Stem(tuple(c), span_of(meta))
 
-    def level(self, meta: Any, c: list[Any]) -> Level:
-        return Level(str(c[0]), tuple(c[1:]), span_of(meta), tok_span(c[0]))
+    def level(self, meta: Any, c: list[Any]) -> S.Level:
+        return S.Level(str(c[0]), tuple(c[1:]), span_of(meta), tok_span(c[0]))
 
-    def out(self, meta: Any, c: list[Expr]) -> Out:
-        return Out(c[0], span_of(meta))
+    def out(self, meta: Any, c: list[S.Expr]) -> S.Out:
+        return S.Out(c[0], span_of(meta))
 
-    def stride(self, meta: Any, c: list[Expr]) -> Stride:
-        return Stride(c[0], span_of(meta))
+    def stride(self, meta: Any, c: list[S.Expr]) -> S.Stride:
+        return S.Stride(c[0], span_of(meta))
 
-    def ops(self, meta: Any, c: list[tuple[Call, ...]]) -> Ops:
-        return Ops(c[0], span_of(meta))
+    def ops(self, meta: Any, c: list[tuple[S.Call, ...]]) -> S.Ops:
+        return S.Ops(c[0], span_of(meta))
 
-    def path_ops(self, meta: Any, c: list[Any]) -> PathOps:
-        return PathOps(c[0], c[1], span_of(meta))
+    def path_ops(self, meta: Any, c: list[Any]) -> S.PathOps:
+        return S.PathOps(c[0], c[1], span_of(meta))
 
-    def oplist(self, meta: Any, c: list[Call]) -> tuple[Call, ...]:
+    def oplist(self, meta: Any, c: list[S.Call]) -> tuple[S.Call, ...]:
         return tuple(c)
 
-    def sync(self, meta: Any, c: list[Token | None]) -> Sync:
+    def sync(self, meta: Any, c: list[Token | None]) -> S.Sync:
         mode, comb = c[0], c[1]
         assert mode is not None
-        return Sync(
+        return S.Sync(
             str(mode),
             None if comb is None else str(comb),
             span_of(meta),
@@ -233,65 +202,65 @@ class _Build(Transformer[Token, Any]):
             None if comb is None else tok_span(comb),
         )
 
-    def repeat(self, meta: Any, c: list[Any]) -> Repeat:
-        return Repeat(c[0], tuple(c[1:]), span_of(meta))
+    def repeat(self, meta: Any, c: list[Any]) -> S.Repeat:
+        return S.Repeat(c[0], tuple(c[1:]), span_of(meta))
 
-    def head(self, meta: Any, c: list[Merge | Call]) -> Head:
-        return Head(tuple(c), span_of(meta))
+    def head(self, meta: Any, c: list[S.Merge | S.Call]) -> S.Head:
+        return S.Head(tuple(c), span_of(meta))
 
-    def merge(self, meta: Any, c: list[Token]) -> Merge:
-        return Merge(str(c[0]), span_of(meta), tok_span(c[0]))
+    def merge(self, meta: Any, c: list[Token]) -> S.Merge:
+        return S.Merge(str(c[0]), span_of(meta), tok_span(c[0]))
 
-    def search(self, meta: Any, c: list[Setting]) -> Search:
-        return Search(tuple(c), span_of(meta))
+    def search(self, meta: Any, c: list[S.Setting]) -> S.Search:
+        return S.Search(tuple(c), span_of(meta))
 
-    def setting(self, meta: Any, c: list[Any]) -> Setting:
-        return Setting(str(c[0]), c[1], span_of(meta), tok_span(c[0]))
+    def setting(self, meta: Any, c: list[Any]) -> S.Setting:
+        return S.Setting(str(c[0]), c[1], span_of(meta), tok_span(c[0]))
 
-    def op(self, meta: Any, c: list[Any]) -> Call:
-        return Call(str(c[0]), c[1] or (), span_of(meta), tok_span(c[0]))
+    def op(self, meta: Any, c: list[Any]) -> S.Call:
+        return S.Call(str(c[0]), c[1] or (), span_of(meta), tok_span(c[0]))
 
-    def call(self, meta: Any, c: list[Any]) -> Call:
-        return Call(str(c[0]), c[1], span_of(meta), tok_span(c[0]))
+    def call(self, meta: Any, c: list[Any]) -> S.Call:
+        return S.Call(str(c[0]), c[1], span_of(meta), tok_span(c[0]))
 
-    def args(self, meta: Any, c: list[Arg | None]) -> tuple[Arg, ...]:
+    def args(self, meta: Any, c: list[S.Arg | None]) -> tuple[S.Arg, ...]:
         return tuple(a for a in c if a is not None)
 
-    def arg(self, meta: Any, c: list[Any]) -> Arg:
-        return Arg(str(c[0]), c[1], span_of(meta), tok_span(c[0]))
+    def arg(self, meta: Any, c: list[Any]) -> S.Arg:
+        return S.Arg(str(c[0]), c[1], span_of(meta), tok_span(c[0]))
 
-    def int(self, meta: Any, c: list[Token]) -> Num:
-        return Num(int(c[0]), span_of(meta))
+    def int(self, meta: Any, c: list[Token]) -> S.Num:
+        return S.Num(int(c[0]), span_of(meta))
 
-    def float(self, meta: Any, c: list[Token]) -> Num:
-        return Num(float(c[0]), span_of(meta))
+    def float(self, meta: Any, c: list[Token]) -> S.Num:
+        return S.Num(float(c[0]), span_of(meta))
 
-    def ref(self, meta: Any, c: list[Token]) -> Ref:
-        return Ref(str(c[0]), span_of(meta))
+    def ref(self, meta: Any, c: list[Token]) -> S.Ref:
+        return S.Ref(str(c[0]), span_of(meta))
 
-    def neg(self, meta: Any, c: list[Expr]) -> Neg:
-        return Neg(c[0], span_of(meta))
+    def neg(self, meta: Any, c: list[S.Expr]) -> S.Neg:
+        return S.Neg(c[0], span_of(meta))
 
-    def _bin(self, op: str, meta: Any, c: list[Expr]) -> BinOp:
-        return BinOp(op, c[0], c[1], span_of(meta))
+    def _bin(self, op: str, meta: Any, c: list[S.Expr]) -> S.BinOp:
+        return S.BinOp(op, c[0], c[1], span_of(meta))
 
-    def add(self, meta: Any, c: list[Expr]) -> BinOp:
+    def add(self, meta: Any, c: list[S.Expr]) -> S.BinOp:
         return self._bin("+", meta, c)
 
-    def sub(self, meta: Any, c: list[Expr]) -> BinOp:
+    def sub(self, meta: Any, c: list[S.Expr]) -> S.BinOp:
         return self._bin("-", meta, c)
 
-    def mul(self, meta: Any, c: list[Expr]) -> BinOp:
+    def mul(self, meta: Any, c: list[S.Expr]) -> S.BinOp:
         return self._bin("*", meta, c)
 
-    def div(self, meta: Any, c: list[Expr]) -> BinOp:
+    def div(self, meta: Any, c: list[S.Expr]) -> S.BinOp:
         return self._bin("/", meta, c)
 
-    def SIZE(self, tok: Token) -> Size:  # Lark terminal callback, named after the terminal
-        return Size(str(tok), tok_span(tok))
+    def SIZE(self, tok: Token) -> S.Size:  # Lark terminal callback, named after the terminal
+        return S.Size(str(tok), tok_span(tok))
 
 
-def parse(text: str, file: str = "<input>") -> Document:
+def parse(text: str, file: str = "<input>") -> S.Document:
     """Parse .pnas text; raises PnasError with a located, worded message on a syntax error."""
     try:
         tree: Tree[Token] = _parser().parse(text)
@@ -301,10 +270,10 @@ def parse(text: str, file: str = "<input>") -> Document:
         raise syntax_error(exc, text, file, _keyword_order()) from None
     _check_limits(tree, file, text)
     stmts = _Build().transform(tree)
-    return Document(stmts, _comments(text), text, file)
+    return S.Document(stmts, _comments(text), text, file)
 
 
-def parse_file(path: str | Path) -> Document:
+def parse_file(path: str | Path) -> S.Document:
     """Read and parse a .pnas file (line ends as Python's text mode reads them: \\r\\n and \\r
     become \\n)."""
     try:
