@@ -138,13 +138,16 @@ class IR:
 
     # -- construction ----------------------------------------------------------------------
 
-    def add_node(self, node: Node) -> str:
-        """Add `node` under its id; returns the id."""
+    def add_node(self, node: Node, *inputs: str) -> str:
+        """Add `node` under its id, fed by `inputs` through data edges on ports 0, 1, ...;
+        returns the id."""
         if self._graph is not None:
             self._graph.add_node(node.id, node=node)
         else:
             self._node[node.id] = {"node": node}
             self._succ[node.id], self._pred[node.id] = {}, {}
+        for port, src in enumerate(inputs):
+            self.add_edge(src, node.id, port)
         return node.id
 
     def add_edge(self, src: str, dst: str, port: int, role: Role = "data") -> None:
@@ -308,61 +311,66 @@ def _candidate(o: OpSpec, in_level: bool = False) -> Candidate:
 def build(spec: Spec) -> IR:
     """The graph structure of `spec`, without shapes and costs (see parnasc.ir.passes)."""
     ir = IR()
+    prev = ir.add_node(Node(id="input", kind="input", span=spec.spans.get("input")))
+    prev = _add_ops(ir, "stem", spec.stem, prev)
+    heads, bypass = _add_levels(ir, spec, [prev] * spec.paths)
+    merge = Node(id="merge", kind="merge", span=spec.head.span, combiner=spec.head.merge)
+    ir.add_node(merge, *heads)
+    for port, b in enumerate(bypass):
+        ir.add_edge(b, merge.id, port, "direct")
+    prev = _add_ops(ir, "head", spec.head.ops, merge.id)
+    ir.add_node(Node(id="output", kind="output"), prev)
+    ir.meta = _meta(spec)
+    return ir
 
-    def add(node: Node, *srcs: str, role: Role = "data") -> str:
-        ir.add_node(node)
-        for port, src in enumerate(srcs):
-            ir.add_edge(src, node.id, port, role)
-        return node.id
 
-    prev = add(Node(id="input", kind="input", span=spec.spans.get("input")))
-    for i, o in enumerate(spec.stem, 1):
-        prev = add(Node(id=f"stem.{i}", kind="op", span=o.span, candidates=[_candidate(o)]), prev)
-    heads = [prev] * spec.paths
+def _add_ops(ir: IR, part: str, part_ops: list[OpSpec], prev: str) -> str:
+    """The ops of the stem or the head in a chain after `prev`; returns the last one's id."""
+    for i, o in enumerate(part_ops, 1):
+        node = Node(id=f"{part}.{i}", kind="op", span=o.span, candidates=[_candidate(o)])
+        prev = ir.add_node(node, prev)
+    return prev
+
+
+def _add_levels(ir: IR, spec: Spec, heads: list[str]) -> tuple[list[str], list[str]]:
+    """One block per level and path, each level's sync site after it, and the direct edges past
+    every searchable one. `heads`: what each path starts from. Returns what the last level
+    leaves for the merge: the node each path ends in, and the blocks a searchable sync after
+    the last level lets through (else [])."""
     bypass: list[str] = []  # blocks a searchable sync after the previous level lets through
     for lv in spec.levels:
         blocks = []
         for p in range(1, spec.paths + 1):
             cands = lv.candidates[p - 1]
-            blocks.append(
-                add(
-                    Node(
-                        id=f"{lv.label}.p{p}",
-                        kind="block",
-                        span=cands[0].span,
-                        level=lv.label,
-                        path=p,
-                        candidates=[_candidate(o, in_level=True) for o in cands],
-                    ),
-                    heads[p - 1],
-                )
+            block = Node(
+                id=f"{lv.label}.p{p}",
+                kind="block",
+                span=cands[0].span,
+                level=lv.label,
+                path=p,
+                candidates=[_candidate(o, in_level=True) for o in cands],
             )
+            blocks.append(ir.add_node(block, heads[p - 1]))
             if bypass:
-                ir.add_edge(bypass[p - 1], blocks[-1], 0, "direct")
+                ir.add_edge(bypass[p - 1], block.id, 0, "direct")
         heads, bypass = blocks, []
         if lv.sync is not None:
-            sid = add(
-                Node(
-                    id=f"{lv.label}.sync",
-                    kind="sync",
-                    span=lv.sync.span,
-                    level=lv.label,
-                    mode=lv.sync.mode,
-                    combiner=lv.sync.combiner,
-                ),
-                *blocks,
+            sync = Node(
+                id=f"{lv.label}.sync",
+                kind="sync",
+                span=lv.sync.span,
+                level=lv.label,
+                mode=lv.sync.mode,
+                combiner=lv.sync.combiner,
             )
-            heads, bypass = [sid] * spec.paths, blocks if lv.sync.mode == "search" else []
-    merge = add(
-        Node(id="merge", kind="merge", span=spec.head.span, combiner=spec.head.merge), *heads
-    )
-    for port, b in enumerate(bypass):
-        ir.add_edge(b, merge, port, "direct")
-    prev = merge
-    for i, o in enumerate(spec.head.ops, 1):
-        prev = add(Node(id=f"head.{i}", kind="op", span=o.span, candidates=[_candidate(o)]), prev)
-    add(Node(id="output", kind="output"), prev)
-    ir.meta = {
+            heads = [ir.add_node(sync, *blocks)] * spec.paths
+            bypass = blocks if lv.sync.mode == "search" else []
+    return heads, bypass
+
+
+def _meta(spec: Spec) -> dict[str, Any]:
+    """The model-level facts of the IR (JSON-native)."""
+    return {
         "model": spec.name,
         "file": spec.file,
         "spec_hash": spec.spec_hash,
@@ -372,7 +380,6 @@ def build(spec: Spec) -> IR:
         "levels": [lv.label for lv in spec.levels],
         "target": spec.target.model_dump(mode="json"),
     }
-    return ir
 
 
 # --- analysis -----------------------------------------------------------------------------------

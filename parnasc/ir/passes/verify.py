@@ -21,6 +21,35 @@ _ARITY = {"input": 0, "op": 1, "block": 1, "output": 1}
 
 def verify(ir: IR) -> None:
     """Raise VerifyError listing every broken invariant; return None when the IR is sound."""
+    nodes = _nodes(ir)
+    _check_edge_attributes(ir)
+    problems: list[str] = []
+    try:
+        ir.order()
+    except VerifyError as exc:
+        problems.append(str(exc))
+    searched: dict[str, int] = {}  # searchable sync -> direct edges bypassing it
+    for nid, n in nodes.items():
+        edges = ir.edges(nid)
+        data = [(u, port) for u, port, role in edges if role == "data"]
+        direct = [(u, port) for u, port, role in edges if role == "direct"]
+        problems += _arity_problems(ir, n, data)
+        problems += _kind_problems(ir, n)
+        problems += _direct_problems(ir, nodes, n, data, direct, searched)
+        if n.out_shape is not None:
+            problems += _shape_problems(ir, nodes, n, data, direct)
+    for nid, n in nodes.items():
+        if n.kind == "sync" and n.mode == "search" and searched.get(nid, 0) != ir.paths:
+            problems.append(
+                f"{nid}: searchable sync bypassed {searched.get(nid, 0)} times, not {ir.paths}"
+            )
+    if problems:
+        _fail(problems)
+
+
+def _nodes(ir: IR) -> dict[str, Node]:
+    """Graph key -> Node; fails unless every key holds a Node with that id, ids unique (the
+    other checks need one Node per key)."""
     problems: list[str] = []
     nodes: dict[str, Node] = {}
     for key, n in ir.keyed_nodes():
@@ -33,61 +62,73 @@ def verify(ir: IR) -> None:
     for nid, count in Counter(n.id for n in nodes.values()).items():
         if count > 1:
             problems.append(f"node id {nid!r} is used {count} times")
-    if problems:  # the checks below need one Node per key
+    if problems:
+        _fail(problems)
+    return nodes
+
+
+def _check_edge_attributes(ir: IR) -> None:
+    """Fails unless every edge has a role ("data" or "direct") and an integer port."""
+    problems = [
+        f"edge {u} -> {v}: bad role/port {d.get('role')!r}/{d.get('port')!r}"
+        for u, v, d in ir.edge_data()
+        if d.get("role") not in ("data", "direct") or not isinstance(d.get("port"), int)
+    ]
+    if problems:
         _fail(problems)
 
+
+def _arity_problems(ir: IR, n: Node, data: list[tuple[str, int]]) -> list[str]:
+    """The data inputs a node of its kind takes, on ports 0..k-1."""
+    want = _ARITY.get(n.kind, ir.paths)
+    if len(data) != want:
+        return [f"{n.id}: {n.kind} has {len(data)} data inputs, expected {want}"]
+    if [port for _, port in data] != list(range(want)):
+        return [f"{n.id}: data ports {[port for _, port in data]} are not 0..{want - 1}"]
+    return []
+
+
+def _kind_problems(ir: IR, n: Node) -> list[str]:
+    """The fields each kind needs, and successors everywhere but at the output."""
+    out: list[str] = []
     p = ir.paths
-    for u, v, d in ir.edge_data():
-        if d.get("role") not in ("data", "direct") or not isinstance(d.get("port"), int):
-            problems.append(f"edge {u} -> {v}: bad role/port {d.get('role')!r}/{d.get('port')!r}")
-    if problems:
-        _fail(problems)
-    try:
-        ir.order()
-    except VerifyError as exc:
-        problems.append(str(exc))
+    if n.kind in ("op", "block") and not n.candidates:
+        out.append(f"{n.id}: no candidates")
+    if n.kind == "op" and len(n.candidates) != 1:
+        out.append(f"{n.id}: a plain op has exactly one candidate")
+    if n.kind == "block" and (n.level is None or n.path is None or not 1 <= n.path <= p):
+        out.append(f"{n.id}: a block needs its level and a path in 1..{p}")
+    if n.kind == "sync" and (n.mode is None or n.combiner is None):
+        out.append(f"{n.id}: a sync needs a mode and a combiner")
+    if n.kind == "output" and ir.out_degree(n.id):
+        out.append("output has successors")
+    if n.kind != "output" and not ir.out_degree(n.id):
+        out.append(f"{n.id}: dead end (no successors)")
+    return out
 
-    searched: dict[str, int] = {}  # searchable sync -> direct edges bypassing it
-    for nid, n in nodes.items():
-        edges = ir.edges(nid)
-        data = [(u, port) for u, port, role in edges if role == "data"]
-        direct = [(u, port) for u, port, role in edges if role == "direct"]
-        want = _ARITY.get(n.kind, p)
-        if len(data) != want:
-            problems.append(f"{nid}: {n.kind} has {len(data)} data inputs, expected {want}")
-        elif [port for _, port in data] != list(range(want)):
-            problems.append(f"{nid}: data ports {[port for _, port in data]} are not 0..{want - 1}")
-        if n.kind in ("op", "block") and not n.candidates:
-            problems.append(f"{nid}: no candidates")
-        if n.kind == "op" and len(n.candidates) != 1:
-            problems.append(f"{nid}: a plain op has exactly one candidate")
-        if n.kind == "block" and (n.level is None or n.path is None or not 1 <= n.path <= p):
-            problems.append(f"{nid}: a block needs its level and a path in 1..{p}")
-        if n.kind == "sync" and (n.mode is None or n.combiner is None):
-            problems.append(f"{nid}: a sync needs a mode and a combiner")
-        if n.kind == "output" and ir.out_degree(nid):
-            problems.append("output has successors")
-        if n.kind != "output" and not ir.out_degree(nid):
-            problems.append(f"{nid}: dead end (no successors)")
-        by_port = {port: u for u, port in data}
-        for u, port in direct:
-            s = by_port.get(port)
-            sync = nodes.get(s) if s is not None else None
-            if sync is None or sync.kind != "sync" or sync.mode != "search":
-                problems.append(f"{nid}: direct edge from {u} does not bypass a searchable sync")
-            elif nodes[u].kind != "block" or u not in ir.data_inputs(sync.id):
-                problems.append(f"{nid}: direct edge from {u}, which does not feed {sync.id}")
-            else:
-                searched[sync.id] = searched.get(sync.id, 0) + 1
-        if n.out_shape is not None:
-            problems.extend(_shape_problems(ir, nodes, n, data, direct))
-    for nid, n in nodes.items():
-        if n.kind == "sync" and n.mode == "search" and searched.get(nid, 0) != p:
-            problems.append(
-                f"{nid}: searchable sync bypassed {searched.get(nid, 0)} times, not {p}"
-            )
-    if problems:
-        _fail(problems)
+
+def _direct_problems(
+    ir: IR,
+    nodes: dict[str, Node],
+    n: Node,
+    data: list[tuple[str, int]],
+    direct: list[tuple[str, int]],
+    searched: dict[str, int],
+) -> list[str]:
+    """Each direct edge into `n` leaves a block that feeds the searchable sync at the same port
+    of `n`; counts the bypasses of each sync in `searched`."""
+    out: list[str] = []
+    by_port = {port: u for u, port in data}
+    for u, port in direct:
+        s = by_port.get(port)
+        sync = nodes.get(s) if s is not None else None
+        if sync is None or sync.kind != "sync" or sync.mode != "search":
+            out.append(f"{n.id}: direct edge from {u} does not bypass a searchable sync")
+        elif nodes[u].kind != "block" or u not in ir.data_inputs(sync.id):
+            out.append(f"{n.id}: direct edge from {u}, which does not feed {sync.id}")
+        else:
+            searched[sync.id] = searched.get(sync.id, 0) + 1
+    return out
 
 
 def _shape_problems(
