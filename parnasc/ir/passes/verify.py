@@ -11,6 +11,7 @@ bypassed once per path; once shapes are inferred they agree along every edge.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 from parnasc.ir.graph import IR, Node, VerifyError
 
@@ -29,15 +30,13 @@ def verify(ir: IR) -> None:
     except VerifyError as exc:
         problems.append(str(exc))
     searched: dict[str, int] = {}  # searchable sync -> direct edges bypassing it
-    for nid, n in nodes.items():
-        edges = ir.edges(nid)
-        data = [(u, port) for u, port, role in edges if role == "data"]
-        direct = [(u, port) for u, port, role in edges if role == "direct"]
-        problems += _arity_problems(ir, n, data)
+    for n in nodes.values():
+        ins = _InEdges.of(ir, n)
+        problems += _arity_problems(ir, n, ins.data)
         problems += _kind_problems(ir, n)
-        problems += _direct_problems(ir, nodes, n, data, direct, searched)
+        problems += _direct_problems(ir, nodes, ins, searched)
         if n.out_shape is not None:
-            problems += _shape_problems(ir, nodes, n, data, direct)
+            problems += _shape_problems(ir, nodes, ins)
     for nid, n in nodes.items():
         if n.kind == "sync" and n.mode == "search" and searched.get(nid, 0) != ir.paths:
             problems.append(
@@ -45,6 +44,21 @@ def verify(ir: IR) -> None:
             )
     if problems:
         _fail(problems)
+
+
+@dataclass(frozen=True)
+class _InEdges:
+    """A node's in-edges as (source, port): data edges and direct edges."""
+
+    node: Node
+    data: list[tuple[str, int]]
+    direct: list[tuple[str, int]]
+
+    @classmethod
+    def of(cls, ir: IR, n: Node) -> _InEdges:
+        edges = ir.edges(n.id)
+        data = [(u, port) for u, port, role in edges if role == "data"]
+        return cls(n, data, [(u, port) for u, port, role in edges if role == "direct"])
 
 
 def _nodes(ir: IR) -> dict[str, Node]:
@@ -108,18 +122,14 @@ def _kind_problems(ir: IR, n: Node) -> list[str]:
 
 
 def _direct_problems(
-    ir: IR,
-    nodes: dict[str, Node],
-    n: Node,
-    data: list[tuple[str, int]],
-    direct: list[tuple[str, int]],
-    searched: dict[str, int],
+    ir: IR, nodes: dict[str, Node], ins: _InEdges, searched: dict[str, int]
 ) -> list[str]:
-    """Each direct edge into `n` leaves a block that feeds the searchable sync at the same port
-    of `n`; counts the bypasses of each sync in `searched`."""
+    """Each direct edge into a node leaves a block that feeds the searchable sync at the same
+    port of that node; counts the bypasses of each sync in `searched`."""
     out: list[str] = []
-    by_port = {port: u for u, port in data}
-    for u, port in direct:
+    n = ins.node
+    by_port = {port: u for u, port in ins.data}
+    for u, port in ins.direct:
         s = by_port.get(port)
         sync = nodes.get(s) if s is not None else None
         if sync is None or sync.kind != "sync" or sync.mode != "search":
@@ -131,15 +141,10 @@ def _direct_problems(
     return out
 
 
-def _shape_problems(
-    ir: IR,
-    nodes: dict[str, Node],
-    n: Node,
-    data: list[tuple[str, int]],
-    direct: list[tuple[str, int]],
-) -> list[str]:
+def _shape_problems(ir: IR, nodes: dict[str, Node], ins: _InEdges) -> list[str]:
     """Shapes along edges: in_shapes[port] is the producer's out_shape; bypasses match the sync."""
     out: list[str] = []
+    n, data, direct = ins.node, ins.data, ins.direct
     if len(n.in_shapes) != len(data):
         return [f"{n.id}: {len(n.in_shapes)} input shapes for {len(data)} data inputs"]
     for u, port in data:
