@@ -3,11 +3,12 @@
     .venv/bin/python benchmarks/bench_compile.py            # everything (about two minutes)
     .venv/bin/python benchmarks/bench_compile.py --quick    # 100 and 1,000 levels only
 
-(a) `parnasc check specs/cifar.pnas`: median wall time of >= 21 runs next to a bare
+(a) `parnasc check specs/cifar.pnas`: median wall time of >= 21 runs, interleaved with a bare
     `python -c pass`, once as the environment is (PYTHONDONTWRITEBYTECODE may be set, then
     parnasc's own modules are compiled from source on every run) and once with a bytecode cache
-    (PYTHONPYCACHEPREFIX in a temporary folder, warmed first). Asserts that torch, onnx and
-    matplotlib are never imported, and shows what the import time is spent on.
+    (PYTHONPYCACHEPREFIX in a temporary folder, warmed first). Asserts that torch, onnx,
+    matplotlib and networkx are never imported, and shows what the import time is spent on
+    (the self time of each package, and what lark, typer and pydantic cost on their own).
 (b) parse + resolve + build + passes, in-process, median of 3, for generated specs of 100,
     1,000 and 10,000 levels x 4 paths: each step on its own with the cyclic GC running, and
     the front end's entry `compile_source`, which runs them all with the GC paused once
@@ -40,14 +41,19 @@ sys.path.insert(0, str(ROOT / "tests"))  # the generated specs are the tests' ow
 
 from test_ir import generated_spec  # noqa: E402
 
+Run = tuple[list[str], dict[str, str]]  # a command and its environment
 
-def median_wall(cmd: list[str], runs: int, env: dict[str, str] | None = None) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+def median_walls(runs: list[Run], rounds: int) -> list[float]:
+    """Median wall time of each command, the commands interleaved round by round (so that a
+    change of the machine's load hits all of them alike)."""
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for cmd_times, (cmd, env) in zip(times, runs, strict=True):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True)
+            cmd_times.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 # --- (a) the check command ---------------------------------------------------------------------
@@ -103,9 +109,13 @@ def bench_check(runs: int) -> None:
         note = os.environ.get("PYTHONDONTWRITEBYTECODE")
         print(f"    PYTHONDONTWRITEBYTECODE={note!r} in this environment; median of {runs} runs:")
         print(f"    {'':16} {'check':>8} {'python -c pass':>15} {'ratio':>6}")
-        for name, env in envs.items():
-            check = median_wall([PARNASC, "check", str(SPEC)], runs, env)
-            bare = median_wall([PY, "-c", "pass"], runs, env)
+        pairs = [
+            run for env in envs.values() for run in (([PARNASC, "check", str(SPEC)], env),
+                                                     ([PY, "-c", "pass"], env))
+        ]  # fmt: skip
+        walls = median_walls(pairs, runs)
+        for i, name in enumerate(envs):
+            check, bare = walls[2 * i], walls[2 * i + 1]
             print(f"    {name:16} {check:7.3f}s {bare:14.3f}s {check / bare:6.1f}")
         env = envs["bytecode cache"]
         stmt = "import parnasc.cli, parnasc.ir.frontend"
@@ -113,9 +123,17 @@ def bench_check(runs: int) -> None:
         print(f"    import profile of `{stmt}` (-X importtime, bytecode cache): {total:.3f}s")
         top = sorted(per.items(), key=lambda kv: -kv[1])[:10]
         print("      self time by package: " + ", ".join(f"{k} {v * 1000:.0f}ms" for k, v in top))
-        for stmt in ("import networkx", "from networkx.classes.multidigraph import MultiDiGraph"):
-            t = median_wall([PY, "-c", stmt], runs, env) - median_wall([PY, "-c", "pass"], 5, env)
-            print(f"    `{stmt}`: {t:.3f}s over bare startup")
+        stmts = [
+            "pass",
+            "import lark",
+            "import typer",
+            "import pydantic",
+            "from pydantic import BaseModel\nclass M(BaseModel): x: int",
+        ]
+        walls = median_walls([([PY, "-c", stmt], env) for stmt in stmts], runs)
+        for stmt, t in zip(stmts[1:], walls[1:], strict=True):
+            shown = stmt.replace("\n", "; ")
+            print(f"    `{shown}`: {t - walls[0]:.3f}s over bare startup")
 
 
 # --- (b) compile time against size -------------------------------------------------------------
