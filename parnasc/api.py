@@ -441,7 +441,7 @@ def _initial_net(c: Compiled, init: str, from_checkpoint: bool) -> Any:
 
 
 def _run_training(job: _TrainJob, progress: Report | None, log: Log | None) -> TrainResult:
-    from parnasc.data.loaders import check_input, make_loaders
+    from parnasc.data.loaders import check_input, retrain_loaders
     from parnasc.nas.train import retrain as run_retrain
     from parnasc.nas.train import torch_threads
 
@@ -455,7 +455,7 @@ def _run_training(job: _TrainJob, progress: Report | None, log: Log | None) -> T
     recorded = None if job.record is None else job.record.data
     cifar, rec = _data(what, recorded, job.data, job.train_images, job.test_images, settings, log)
     with torch_threads(job.threads) as n_threads:  # after every check
-        loaders = make_loaders(cifar, settings.batch, settings.val_fraction, settings.seed)
+        train, test = retrain_loaders(cifar, settings.batch, settings.seed)
         record = TrainRecord(
             format=RECORD_FORMAT,
             parnasc=__version__,
@@ -475,8 +475,8 @@ def _run_training(job: _TrainJob, progress: Report | None, log: Log | None) -> T
         }
         acc = run_retrain(
             net,
-            loaders.train,
-            loaders.test,
+            train,
+            test,
             s.search.weights,
             job.epochs,
             out,

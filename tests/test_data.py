@@ -246,6 +246,23 @@ def test_split_train_deterministic_disjoint_stratified() -> None:
         split_train(x, y, 1.0, seed=0)
 
 
+def test_retraining_uses_every_training_image_and_the_test_set() -> None:
+    """The held-out split belongs to the search: retraining sees all training images."""
+    from parnasc.data.loaders import make_loaders, retrain_loaders
+
+    x = _images(330, seed=3)
+    y = (np.arange(330) % 10).astype(np.int64)
+    tx, ty = _images(70, seed=4), (np.arange(70) % 10).astype(np.int64)
+    cifar = Cifar(x, y, tx, ty, CIFAR10_CLASSES)
+    train, test = retrain_loaders(cifar, batch=32, seed=0)
+    train.set_epoch(1)
+    seen = sum(len(b) for b, _ in train)
+    assert seen == 330 // 32 * 32 and len(train) == 330 // 32  # whole batches of all 330
+    assert sum(len(b) for _, b in test) == 70
+    search = make_loaders(cifar, batch=32, val_fraction=0.2, seed=0)
+    assert len(search.train) < len(train)  # the search trains on 80% only
+
+
 # --------------------------------------------------------------------------- Loader
 
 

@@ -1,5 +1,6 @@
 """The data of a run: CIFAR-10 from a source (subset when asked), checked against the spec's
-input, and the loaders of its training, held-out and test splits."""
+input, and the loaders of its training, held-out and test splits (search) or of all training
+images and the test images (retraining)."""
 
 from __future__ import annotations
 
@@ -60,4 +61,14 @@ def make_loaders(cifar: Cifar, batch: int, val_fraction: float, seed: int) -> Lo
     )
 
 
-__all__ = ["Loaders", "check_input", "load_data", "make_loaders"]
+def retrain_loaders(cifar: Cifar, batch: int, seed: int) -> tuple[Loader, Loader]:
+    """Batches for retraining a derived network: every training image (shuffled, augmented,
+    whole batches; the held-out split belongs to the search alone) and the test images."""
+    train = Loader(
+        cifar.train_x, cifar.train_y, batch, shuffle=True, augment=True, seed=seed, drop_last=True
+    )
+    test = Loader(cifar.test_x, cifar.test_y, TEST_BATCH, shuffle=False, augment=False, seed=0)
+    return train, test
+
+
+__all__ = ["Loaders", "check_input", "load_data", "make_loaders", "retrain_loaders"]
