@@ -17,12 +17,6 @@ from parnasc.lang.spec import Spec, resolve
 from parnasc.lang.syntax import Document
 
 
-def compile_document(doc: Document) -> tuple[Spec, IR]:
-    """Resolve and lower a parsed document; PnasError carries the source for its carets."""
-    with gc_paused():
-        return _lower(doc)
-
-
 def compile_source(text: str, file: str = "<input>") -> tuple[Spec, IR]:
     """Compile .pnas text; raises PnasError on any user error."""
     with gc_paused():
@@ -36,6 +30,7 @@ def compile_file(path: str | Path) -> tuple[Spec, IR]:
 
 
 def _lower(doc: Document) -> tuple[Spec, IR]:
+    """Resolve and lower a parsed document; PnasError carries the source for its carets."""
     try:
         spec = resolve(doc)
         ir = passes.run(build(spec))
