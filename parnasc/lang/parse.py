@@ -42,10 +42,10 @@ def _parser_cache(grammar: str) -> str | bool:
     False (build every time) when that folder cannot be made; never the package folder, which
     may be read-only."""
     key = f"{grammar}\0{lark.__version__}\0{sys.version_info[:2]}"
-    folder = cache_dir() / "lark"
     try:
+        folder = cache_dir() / "lark"
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: no home directory to expand `~` to
         return False
     return str(folder / f"pnas-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pickle")
 
