@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from parnasc import __version__
 from parnasc.cpus import allowed_cpus
 from parnasc.errors import OptionError
 from parnasc.nas.recipes import SearchOptions, Settings, make_settings, validate
@@ -38,8 +37,8 @@ from parnasc.nas.runs import (
     read_record,
     resumed_data,
     resumed_spec_path,
-    trained_accuracy,
 )
+from parnasc.version import __version__
 
 if TYPE_CHECKING:
     from parnasc.data.cifar import Cifar
@@ -396,6 +395,8 @@ def retrain(
     n_epochs = check_resumed_training(
         what, record, c.spec, c.where, from_scratch, train_images, test_images, epochs
     )
+    from parnasc.nas.train import trained_accuracy
+
     done = trained_accuracy(out, record)
     if done is not None and n_epochs == record.epochs:
         return TrainResult(out, done, record.epochs, up_to_date=True)

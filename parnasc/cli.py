@@ -16,10 +16,10 @@ try:  # typer >= 0.26 vendors click
 except ImportError:  # pragma: no cover - older typer
     from click import exceptions as click_exc  # type: ignore[no-redef]
 
-from parnasc import __version__
 from parnasc.errors import OptionError, PnasError, UserError
 from parnasc.files import atomic_path
 from parnasc.files import write_text as _atomic_write
+from parnasc.version import __version__
 
 app = typer.Typer(
     name="parnasc",

@@ -17,7 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "recover_dir", "replace_dir", "write_bytes", "write_text"]
+__all__ = ["atomic_path", "cache_dir", "recover_dir", "replace_dir", "write_bytes", "write_text"]
+
+
+def cache_dir() -> Path:
+    """parnasc's per-user cache folder: `$PARNASC_CACHE`, default `~/.cache/parnasc`."""
+    return Path(os.environ.get("PARNASC_CACHE") or "~/.cache/parnasc").expanduser()
 
 
 def _umask() -> int:

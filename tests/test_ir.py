@@ -445,11 +445,3 @@ def test_random_specs_verify_and_round_trip(text: str) -> None:
         expected *= len(n.candidates) if n.kind == "block" else 1
         expected *= 2 if n.kind == "sync" and n.mode == "search" else 1
     assert search_space_size(ir) == expected
-
-
-def test_the_op_registry_keeps_its_former_module_name() -> None:
-    from parnasc.ir import ops as former
-    from parnasc.lang import ops
-
-    assert former.REGISTRY is ops.REGISTRY and former.Cost is ops.Cost
-    assert set(former.__all__) <= set(dir(ops))

@@ -3,8 +3,8 @@
 
 Imports are read with :mod:`ast` from every module under ``parnasc/`` (also those inside
 functions and ``TYPE_CHECKING`` blocks: a lazy import is still a dependency), each resolved to
-the parnasc module it names (``from parnasc.ir import ops`` -> ``parnasc.ir.ops``,
-``from parnasc import __version__`` -> ``parnasc``).  The loading checks run in a fresh
+the parnasc module it names (``from parnasc.lang import ops`` -> ``parnasc.lang.ops``,
+``from parnasc import x`` -> ``parnasc``).  The loading checks run in a fresh
 interpreter and read ``sys.modules``.
 """
 
@@ -53,18 +53,7 @@ EXTRA: dict[str, set[str]] = {
 }
 # Edges against the order that exist in code owned elsewhere, each with the change that
 # removes it.  A listed edge that no longer exists is a warning: delete its line.
-_VERSION = "reads __version__ from the package root (the API facade); import it from a base "\
-    "module, e.g. parnasc/version.py"
-PENDING: dict[tuple[str, str], str] = {
-    ("parnasc.lang.spec", "parnasc.ir.ops"): (
-        "the resolver validates op parameters against the op registry; move the registry's "
-        "torch-free part (names, parameters, shape rules) below lang, or the check into ir"
-    ),
-    ("parnasc.ir.graph", "parnasc"): _VERSION,
-    ("parnasc.ir.to_pnas", "parnasc"): _VERSION,
-    ("parnasc.nas.search", "parnasc"): _VERSION,
-    ("parnasc.nas.train", "parnasc"): _VERSION,
-}
+PENDING: dict[tuple[str, str], str] = {}
 # Everything `import parnasc.deploy.runtime` may reach inside parnasc: deploying a model needs
 # numpy and onnxruntime, not the exporter, the schedule planner or torch.
 RUNTIME_CLOSURE = BASE | {

@@ -606,7 +606,8 @@ def test_train_resume_keeps_its_settings(
     assert meta["epochs"] == 2 and meta["training"]["epochs"] == 2
     # A new training with the same settings, killed before its end, has another run_id: the
     # model.pt the last one left does not pass for its result, so --resume continues it.
-    from parnasc.nas.runs import TrainRecord, read_record, trained_accuracy
+    from parnasc.nas.runs import TrainRecord, read_record
+    from parnasc.nas.train import trained_accuracy
 
     record = read_record(run / "train_settings.json", TrainRecord, "training")
     assert trained_accuracy(run, record) == meta["test_acc"]

@@ -45,7 +45,7 @@ import torch
 from PIL import Image, ImageOps
 
 from parnasc.errors import UserError
-from parnasc.files import atomic_path
+from parnasc.files import atomic_path, cache_dir
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -114,8 +114,8 @@ def _one_line(text: object) -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$PARNASC_CACHE`` if set, else ``~/.cache/parnasc``."""
-    return Path(os.environ.get("PARNASC_CACHE") or "~/.cache/parnasc").expanduser()
+    """``$PARNASC_CACHE`` if set, else ``~/.cache/parnasc`` (:func:`parnasc.files.cache_dir`)."""
+    return cache_dir()
 
 
 # --------------------------------------------------------------------------- safe unpickling

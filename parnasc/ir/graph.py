@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from parnasc import __version__
 from parnasc.errors import Span
 from parnasc.lang import ops
 from parnasc.lang.ops import Cost, Shape
 from parnasc.lang.spec import OpSpec, Spec
+from parnasc.version import __version__
 
 if TYPE_CHECKING:
     import networkx as nx

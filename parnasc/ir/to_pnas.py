@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from parnasc import __version__
 from parnasc.ir.graph import IR
 from parnasc.lang.fmt import fmt_number, format_document
 from parnasc.lang.parse import parse
 from parnasc.lang.spec import OptimSpec, Spec
+from parnasc.version import __version__
 
 
 def _p(probs: dict[str, list[float]], key: str, labels: list[str], chosen: str) -> str:

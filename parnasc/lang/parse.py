@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedInput
 
 from parnasc.errors import Collector, Diagnostic, PnasError, Span
+from parnasc.files import cache_dir
 from parnasc.lang import syntax as S
 from parnasc.lang.limits import MAX_DIGITS, MAX_EXPR_DEPTH
 from parnasc.lang.syntax import span_of, tok_span
@@ -29,11 +29,6 @@ from parnasc.lang.syntax import span_of, tok_span
 def grammar_path() -> Path:
     """The grammar file, shipped inside the package beside this module."""
     return Path(__file__).resolve().with_name("pnas.lark")
-
-
-def cache_dir() -> Path:
-    """parnasc's per-user cache folder: `$PARNASC_CACHE`, default `~/.cache/parnasc`."""
-    return Path(os.environ.get("PARNASC_CACHE") or "~/.cache/parnasc").expanduser()
 
 
 def _parser_cache(grammar: str) -> str | bool:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import statistics
 import threading
@@ -33,9 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from parnasc.files import write_text
-from parnasc.ir import ops
+from parnasc.files import cache_dir, write_text
 from parnasc.ir.graph import IR, Node, arch_key
+from parnasc.lang import ops
 from parnasc.nas.loss import CostModel
 from parnasc.nas.lower import Combine
 from parnasc.timing import median_per_call
@@ -61,7 +60,7 @@ def cpu_model() -> str:
 
 
 def default_latency_dir() -> Path:
-    return Path(os.environ.get("PARNASC_CACHE") or "~/.cache/parnasc").expanduser() / "latency"
+    return cache_dir() / "latency"
 
 
 # --- what to measure ------------------------------------------------------------------------

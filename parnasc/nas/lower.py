@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parnasc.ir import ops
 from parnasc.ir.graph import IR, Node, arch_key, block_key, sync_key
+from parnasc.lang import ops
 
 
 class Combine(nn.Module):

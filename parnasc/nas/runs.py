@@ -420,20 +420,6 @@ def check_resumed_training(
     return extended(what, epochs, record.epochs, "training")
 
 
-def trained_accuracy(out_dir: Path, record: TrainRecord) -> float | None:
-    """The test accuracy of `out_dir/model.pt` if it is the result of the recorded training."""
-    from parnasc.nas.train import load_checkpoint
-
-    model = out_dir / "model.pt"
-    if not model.exists():
-        return None
-    meta = load_checkpoint(model, ("net", "meta"))["meta"]
-    if not isinstance(meta, dict) or meta.get("training") != record.identity():
-        return None
-    acc = meta.get("test_acc")
-    return float(acc) if isinstance(acc, int | float) else None
-
-
 __all__ = [
     "RECORD_FORMAT",
     "DataRecord",
@@ -455,6 +441,5 @@ __all__ = [
     "read_record",
     "resumed_data",
     "resumed_spec_path",
-    "trained_accuracy",
     "unchanged",
 ]

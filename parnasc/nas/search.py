@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from parnasc import __version__
 from parnasc.errors import UserError
 from parnasc.ir.graph import IR, Node, arch_key
 from parnasc.ir.passes.prune import prune
@@ -41,6 +40,7 @@ from parnasc.nas.train import (
     make_optimizer,
     remove_temporaries,
 )
+from parnasc.version import __version__
 
 SEARCH_OUTPUTS = (
     "settings.json",

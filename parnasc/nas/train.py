@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parnasc import __version__
 from parnasc.cpus import allowed_cpus
 from parnasc.errors import OptionError, UserError
 from parnasc.files import atomic_path
@@ -25,6 +24,7 @@ from parnasc.ir.frontend import compile_file
 from parnasc.lang.spec import OptimSpec, Spec
 from parnasc.nas.lower import Net, lower
 from parnasc.nas.runs import TrainRecord, one_line
+from parnasc.version import __version__
 
 
 @contextmanager
@@ -200,6 +200,18 @@ def read_train_checkpoint(out_dir: Path, epochs: int) -> dict[str, Any]:
     if not isinstance(epoch, int) or not 1 <= epoch <= epochs:
         raise UserError(f"{ck_path}: epoch {epoch!r} is outside the training's {epochs}")
     return ck
+
+
+def trained_accuracy(out_dir: Path, record: TrainRecord) -> float | None:
+    """The test accuracy of `out_dir/model.pt` if it is the result of the recorded training."""
+    model = out_dir / "model.pt"
+    if not model.exists():
+        return None
+    meta = load_checkpoint(model, ("net", "meta"))["meta"]
+    if not isinstance(meta, dict) or meta.get("training") != record.identity():
+        return None
+    acc = meta.get("test_acc")
+    return float(acc) if isinstance(acc, int | float) else None
 
 
 def retrain(
