@@ -285,6 +285,9 @@ def search_cmd(
     print(f"search done: validation accuracy {result.val_acc:.2%}")
     for k, v in result.choices.items():
         print(f"  {k:<12} {v}")
+    from parnasc.ir.decisions import summary
+
+    print(("warning: " if result.undecided else "") + summary(result.probabilities))
     print(f"wrote {result.derived}  (retrain: parnasc train {result.derived})")
 
 

@@ -157,6 +157,27 @@ def test_search_writes_a_valid_concrete_spec(runs: Runs) -> None:
         assert (ir.sync(lv) is not None) == (result["choices"][sync_key(lv)] == "concat")
 
 
+def test_search_records_how_decided_each_decision_is(runs: Runs) -> None:
+    """arch.jsonl has every decision's margin and entropy per epoch, derived.pnas its final
+    margin and a summary line, the result the undecided decisions."""
+    from parnasc.ir.decisions import decisions, summary
+    from parnasc.nas.runs import SearchResult
+
+    rows = [json.loads(line) for line in (runs.a / "arch.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        ds = decisions(r["probabilities"])
+        assert r["margin"] == {k: pytest.approx(d.margin, abs=1e-6) for k, d in ds.items()}
+        assert r["entropy"] == {k: pytest.approx(d.entropy, abs=1e-6) for k, d in ds.items()}
+        assert r["undecided"] == sum(not d.decided for d in ds.values())
+    result = SearchResult.read(runs.a)
+    text = (runs.a / "derived.pnas").read_text()
+    assert f"# decisions: {summary(result.probabilities)}\n" in text
+    assert text.count(" margin ") == len(result.probabilities)  # 4 blocks and 2 sync sites
+    assert result.undecided == [k for k, d in decisions(result.probabilities).items()
+                                if not d.decided]
+
+
 def test_train_derived_beats_chance(runs: Runs) -> None:
     derived = runs.a / "derived.pnas"
     done = _run(["train", str(derived), "--epochs", "2", *DATA], runs.root)

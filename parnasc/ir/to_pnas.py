@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from parnasc.ir.decisions import decision, summary
 from parnasc.ir.graph import IR
 from parnasc.lang.fmt import fmt_number, format_document
 from parnasc.lang.parse import parse
@@ -17,7 +18,12 @@ def _p(probs: dict[str, list[float]], key: str, labels: list[str], chosen: str) 
         return ""
     ps = probs[key]
     others = ", ".join(f"{lab} {p:.3f}" for lab, p in zip(labels, ps, strict=True) if lab != chosen)
-    return f"  # P={ps[labels.index(chosen)]:.3f}" + (f" (others: {others})" if others else "")
+    margin = f" margin {decision(ps).margin:.3f}" if len(ps) > 1 else ""
+    return (
+        f"  # P={ps[labels.index(chosen)]:.3f}"
+        + (f" (others: {others})" if others else "")
+        + margin
+    )
 
 
 def _opt(o: Any) -> str:
@@ -42,6 +48,7 @@ def concrete_spec_text(
         f"# source spec sha256 {source.spec_hash}",
         f"# search: alpha={s['alpha']} beta={s['beta']} cost={s['cost']} epochs={s['epochs']}"
         f" warmup={s['warmup']} mode={s['mode']} seed={s['seed']} cores={s['cores']}",
+        *([f"# decisions: {summary(probs)}"] if probs else []),
         f"model {source.name}",
         "input " + "x".join(map(str, source.input)),
         f"classes {source.classes}",
@@ -72,10 +79,17 @@ def concrete_spec_text(
         sync = ir.sync(lv)
         key = f"{lv}:sync"
         if sync is not None:
-            note = f"  # P_sync={probs[key][0]:.3f}" if key in probs else ""
+            note = (
+                f"  # P_sync={probs[key][0]:.3f} margin {decision(probs[key]).margin:.3f}"
+                if key in probs
+                else ""
+            )
             out.append(f"sync always {sync.combiner}{note}")
         elif key in probs:
-            out.append(f"# no sync after {lv}: P_sync={probs[key][0]:.3f} <= P_direct")
+            out.append(
+                f"# no sync after {lv}: P_sync={probs[key][0]:.3f} <= P_direct, margin "
+                f"{decision(probs[key]).margin:.3f}"
+            )
     out.append("head {")
     out.append(f"  merge {ir.node('merge').combiner}")
     out += [f"  {n.candidates[0].label}" for n in ir.nodes() if n.id.startswith("head.")]

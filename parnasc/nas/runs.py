@@ -206,6 +206,13 @@ class SearchResult:
         """The concrete spec the search wrote (`RUN/derived.pnas`)."""
         return self.run_dir / "derived.pnas"
 
+    @property
+    def undecided(self) -> list[str]:
+        """The decisions whose largest final probability is below `ir.decisions.DECIDED`."""
+        from parnasc.ir.decisions import undecided
+
+        return undecided(self.probabilities)
+
     @classmethod
     def read(cls, run_dir: Path, up_to_date: bool = False) -> SearchResult:
         """The result recorded in `run_dir/result.json`; a damaged one is a UserError."""

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from parnasc.errors import UserError
+from parnasc.ir.decisions import decisions
 from parnasc.ir.graph import IR, Node, arch_key
 from parnasc.ir.passes.prune import prune
 from parnasc.ir.to_pnas import concrete_spec_text
@@ -224,7 +225,16 @@ def search(
             "seconds": time.perf_counter() - t0,
         }
         log.append(row)
-        arch_log.append({"epoch": epoch, "probabilities": probs})
+        ds = decisions(probs)
+        arch_log.append(
+            {
+                "epoch": epoch,
+                "probabilities": probs,
+                "margin": {k: round(d.margin, 6) for k, d in ds.items()},
+                "entropy": {k: round(d.entropy, 6) for k, d in ds.items()},
+                "undecided": sum(not d.decided for d in ds.values()),
+            }
+        )
         state = {"epoch": epoch, "net": net.state_dict(), "w_opt": w_opt.state_dict()}
         atomic_save({**state, "a_opt": a_opt.state_dict(), "meta": meta}, ck_path)
         if report:

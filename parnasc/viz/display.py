@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from parnasc.ir.decisions import summary
+
 
 class Display:
     """Receives (phase, epoch, batch, values) reports from search and training loops."""
@@ -72,7 +74,8 @@ def _values(v: dict[str, Any]) -> str:
 
 
 def _arch(probs: dict[str, list[float]], labels: dict[str, list[str]]) -> str:
-    """The current most likely choice of each block/sync with its probability."""
+    """The current most likely choice of each block/sync with its probability, and how many
+    decisions are still undecided."""
     out = []
     for k, ps in probs.items():
         i = max(range(len(ps)), key=ps.__getitem__)
@@ -81,4 +84,4 @@ def _arch(probs: dict[str, list[float]], labels: dict[str, list[str]]) -> str:
         else:
             name = labels[k][i] if k in labels else f"#{i + 1}"
             out.append(f"{k}={name}({ps[i]:.2f})")
-    return " ".join(out)
+    return " ".join(out) + f"\n  {summary(probs)}"
