@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from parnasc.cpus import allowed_cpus
+from parnasc.cpus import allowed_cpus, cpu_model
 from parnasc.errors import OptionError
 from parnasc.nas.recipes import SearchOptions, Settings, make_settings, validate
 from parnasc.nas.runs import (
@@ -664,16 +664,8 @@ def _machine() -> str:
     import onnxruntime
     import torch
 
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return (
-        f"{cpu}; affinity {allowed_cpus()}; torch {torch.__version__}, "
+        f"{cpu_model()}; affinity {allowed_cpus()}; torch {torch.__version__}, "
         f"onnxruntime {onnxruntime.__version__}"
     )
 

@@ -1,14 +1,16 @@
-"""The CPUs this process may use, and pinning to them, with a fallback for platforms without
-``os.sched_getaffinity`` (macOS): there everything runs unpinned and a note says so once."""
+"""The CPUs this process may use, pinning to them, and the CPU model; without
+``os.sched_getaffinity`` (macOS) everything runs unpinned and a note says so once."""
 
 from __future__ import annotations
 
 import os
+import platform
 import sys
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 
-__all__ = ["allowed_cpus", "can_pin", "set_affinity"]
+__all__ = ["allowed_cpus", "can_pin", "cpu_model", "set_affinity"]
 
 _unpinned_noted = False
 _note_lock = threading.Lock()
@@ -52,3 +54,14 @@ def set_affinity(cpus: Iterable[int]) -> bool:
     except OSError:
         return False
     return True
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (else platform.processor())."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import statistics
 import threading
 import time
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from parnasc.cpus import cpu_model
 from parnasc.files import cache_dir, write_text
 from parnasc.ir.graph import IR, Node, arch_key
 from parnasc.lang import ops
@@ -46,17 +46,6 @@ WARMUP_S = 0.05  # warm-up time per op (at least 3 calls)
 BARRIER_CROSSINGS = 200  # crossings per barrier sample
 
 Progress = Callable[[str], None]
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (else platform.processor())."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def default_latency_dir() -> Path:
@@ -251,4 +240,4 @@ def latency_costs(
     return CostModel("latency", blocks, syncs, fixed, ir.levels, ir.paths, joins=tuple(joins))
 
 
-__all__ = ["barrier_seconds", "cpu_model", "latency_costs", "measure_item", "measure_table"]
+__all__ = ["barrier_seconds", "latency_costs", "measure_item", "measure_table"]
