@@ -28,8 +28,11 @@ def _note_unpinned() -> None:
         if _unpinned_noted:
             return
         _unpinned_noted = True
-    print("parnasc: note: no os.sched_getaffinity/os.sched_setaffinity on this platform; "
-          f"using CPUs 0..{(os.cpu_count() or 1) - 1} unpinned", file=sys.stderr)
+    print(
+        "parnasc: note: no os.sched_getaffinity/os.sched_setaffinity on this platform; "
+        f"using CPUs 0..{(os.cpu_count() or 1) - 1} unpinned",
+        file=sys.stderr,
+    )
 
 
 def allowed_cpus() -> list[int]:

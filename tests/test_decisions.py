@@ -15,8 +15,9 @@ def test_decision_of_two_and_three_way_choices() -> None:
     assert coin.entropy == pytest.approx(1.0)  # uniform: the largest entropy, normalised to 1
     sure = decision([0.95, 0.05])
     assert sure.decided and sure.margin == pytest.approx(0.9)
-    assert sure.entropy == pytest.approx(-(0.95 * math.log(0.95) + 0.05 * math.log(0.05)) /
-                                         math.log(2))
+    assert sure.entropy == pytest.approx(
+        -(0.95 * math.log(0.95) + 0.05 * math.log(0.05)) / math.log(2)
+    )
     three = decision([0.2, 0.7, 0.1])
     assert three.p_max == 0.7 and three.margin == pytest.approx(0.5) and not three.decided
     assert decision([1.0, 0.0, 0.0]).entropy == 0.0

@@ -63,8 +63,10 @@ def test_error_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
 
 def test_fmt_keeps_the_spec_mode(tmp_path: Path, run_cli: RunCli) -> None:
     f = tmp_path / "tiny.pnas"
-    f.write_text("model t input 3x8x8 classes 2 paths 1 stem { conv(k=3,out=4) }\n"
-                 "level a {out 4 ops conv(k=3)} head { gap fc(out=classes) }\n")
+    f.write_text(
+        "model t input 3x8x8 classes 2 paths 1 stem { conv(k=3,out=4) }\n"
+        "level a {out 4 ops conv(k=3)} head { gap fc(out=classes) }\n"
+    )
     f.chmod(0o644)
     r = run_cli("fmt", f)
     assert r.returncode == 0 and "reformatted" in r.stdout, r.stderr
@@ -91,7 +93,9 @@ def test_kill_9_never_leaves_a_partial_file(tmp_path: Path) -> None:
     target.write_bytes(b"\0" * (1 << 20))
     for k in range(6):
         p = subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(target)], stdout=subprocess.PIPE, text=True,
+            [sys.executable, "-c", _WRITER, str(target)],
+            stdout=subprocess.PIPE,
+            text=True,
             cwd=ROOT,
         )
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
@@ -161,8 +165,12 @@ def test_emit_replaces_its_directory_whole(tmp_path: Path, run_cli: RunCli) -> N
     # kill -9 a measuring emit over the first one at varied moments: the directory is always
     # the old whole one or the new whole one, never a mix
     for delay in (0.5, 2.0, 4.0):
-        p = subprocess.Popen([str(PARNASC), *map(str, args)], cwd=tmp_path,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [str(PARNASC), *map(str, args)],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             p.wait(timeout=delay)
         except subprocess.TimeoutExpired:
@@ -178,8 +186,9 @@ def test_emit_replaces_its_directory_whole(tmp_path: Path, run_cli: RunCli) -> N
 
 def test_emit_refuses_a_directory_it_did_not_make(tmp_path: Path, run_cli: RunCli) -> None:
     (tmp_path / "notes.txt").write_text("keep me")
-    r = run_cli("emit", ROOT / "examples" / "cifar_arch.pnas", "-o", tmp_path, "--no-measure",
-                cwd=tmp_path)
+    r = run_cli(
+        "emit", ROOT / "examples" / "cifar_arch.pnas", "-o", tmp_path, "--no-measure", cwd=tmp_path
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith(f"parnasc: error: --out {tmp_path}: the directory holds other")
     assert (tmp_path / "notes.txt").read_text() == "keep me"

@@ -108,7 +108,9 @@ def test_messy_inputs(text: str) -> None:
 
 
 def test_messy_canonical_form() -> None:
-    assert fmt(MESSY[0]) == """# header
+    assert (
+        fmt(MESSY[0])
+        == """# header
 
 # second header
 model m  # the name
@@ -156,6 +158,7 @@ search {
 }
 # trailing end
 """
+    )
 
 
 def test_call_without_arguments_keeps_parentheses_in_values() -> None:
@@ -247,9 +250,7 @@ STMTS = st.one_of(
     LEVELS,
     SYNCS,
     st.builds(S.Repeat, exprs(), st.lists(st.one_of(LEVELS, SYNCS), max_size=3).map(tuple)),
-    st.builds(
-        S.Head, st.lists(st.one_of(st.builds(S.Merge, NAMES), OPS), max_size=4).map(tuple)
-    ),
+    st.builds(S.Head, st.lists(st.one_of(st.builds(S.Merge, NAMES), OPS), max_size=4).map(tuple)),
     st.builds(S.Search, SETTINGS),
 )
 DOCS = st.lists(STMTS, max_size=6).map(tuple)

@@ -201,9 +201,11 @@ def test_no_import_cycles() -> None:
     report = []
     for comp in found:
         cyc = _shortest_cycle(comp, edges)
-        report.append(f"{len(comp)} modules import each other: {', '.join(comp)}\n"
-                      "    shortest cycle: "
-                      + "; ".join(_where((a, b), lines) for a, b in itertools.pairwise(cyc)))
+        report.append(
+            f"{len(comp)} modules import each other: {', '.join(comp)}\n"
+            "    shortest cycle: "
+            + "; ".join(_where((a, b), lines) for a, b in itertools.pairwise(cyc))
+        )
     print("\n".join(report))
     assert not found, "import cycles:\n" + "\n".join(report)
 
@@ -219,8 +221,9 @@ def test_imports_follow_the_layers() -> None:
         if _group(target) != _group(mod)
         and _group(target) not in ALLOWED[_group(mod)] | EXTRA.get(mod, set())
     )
-    report = [_where(e, lines) + (f"  [pending: {PENDING[e]}]" if e in PENDING else "")
-              for e in bad]
+    report = [
+        _where(e, lines) + (f"  [pending: {PENDING[e]}]" if e in PENDING else "") for e in bad
+    ]
     print("\n".join(report))
     new = [_where(e, lines) for e in bad if e not in PENDING]
     assert not new, "imports against the layer order:\n" + "\n".join(new)
@@ -243,17 +246,26 @@ def test_runtime_reaches_only_its_closure() -> None:
         for w in edges[m]:
             via.setdefault(w, m)
     assert not bad, "parnasc.deploy.runtime reaches " + ", ".join(
-        _where((via[b], b), lines) for b in bad)
+        _where((via[b], b), lines) for b in bad
+    )
 
 
 def _loaded_after(code: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
     """Top-level names of the modules loaded by ``code`` in a fresh interpreter."""
-    probe = (code + "\nimport sys\n"
-             "print('MODULES', ' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n")
+    probe = (
+        code + "\nimport sys\n"
+        "print('MODULES', ' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("PARNASC_DEBUG", None)
-    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         cwd=ROOT, env=env, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("MODULES ")), "MODULES")
     return set(line.split()[1:]), res
 

@@ -247,9 +247,7 @@ def test_latency_cost_of_and_loss() -> None:
 # --- the measured latency table ---------------------------------------------------------------
 
 
-def test_latency_costs_measured_and_cached(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_latency_costs_measured_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PARNASC_CACHE", str(tmp_path))
     _, ir = compile_source(TINY)
     threads = torch.get_num_threads()

@@ -14,7 +14,8 @@ from parnasc.ir.frontend import compile_file, compile_source
 from parnasc.ir.graph import IR
 from parnasc.ir.passes.prune import prune
 from parnasc.lang.spec import Spec
-from parnasc.nas.lower import MixedOp, Net, lower, transfer_weights
+from parnasc.nas.lower import MixedOp, Net, lower
+from parnasc.nas.transfer import transfer_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-5

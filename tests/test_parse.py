@@ -110,9 +110,7 @@ def test_comments_belong_to_their_parse() -> None:
     assert [c.text for c in P.parse("# only\n").comments] == ["# only"]
 
 
-def test_parser_tables_are_cached_per_user(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_parser_tables_are_cached_per_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The built parser is cached in the user's cache folder, never beside the grammar; where
     that folder cannot be made, the parser is built without a cache."""
     monkeypatch.setenv("PARNASC_CACHE", str(tmp_path / "cache"))
@@ -187,8 +185,30 @@ def test_damaged_specs_fail_cleanly(data: st.DataObject) -> None:
     tokens = re.findall(r"\s+|[A-Za-z_]\w*|\d+(?:\.\d+)?\w*|.", text)
     i = data.draw(st.integers(0, len(tokens) - 1))
     edit = data.draw(st.sampled_from(["delete", "insert", "replace"]))
-    piece = data.draw(st.sampled_from(["{", "}", "(", ")", "|", ",", "=", "level", "out", "7",
-                                       "x", ";", "sync", "-", "1e-3", "8MiB", "\n", "head"]))
+    piece = data.draw(
+        st.sampled_from(
+            [
+                "{",
+                "}",
+                "(",
+                ")",
+                "|",
+                ",",
+                "=",
+                "level",
+                "out",
+                "7",
+                "x",
+                ";",
+                "sync",
+                "-",
+                "1e-3",
+                "8MiB",
+                "\n",
+                "head",
+            ]
+        )
+    )
     if edit == "delete":
         tokens[i] = ""
     elif edit == "insert":

@@ -145,14 +145,20 @@ def test_node_names_tell_path_level_sync(cifar: tuple[nn.Module, Path, onnx.Mode
     _, _, model = cifar
     scopes = Counter(scope_of(n.name) for n in model.graph.node)
     assert set(scopes) == {
-        "stem", "merge", "head", "syncs.l2", "syncs.l4",
+        "stem",
+        "merge",
+        "head",
+        "syncs.l2",
+        "syncs.l4",
         *(f"paths.p{p}.l{i}" for p in (1, 2) for i in (1, 2, 3, 4)),
     }
     names = [n.name for n in model.graph.node]
     assert len(names) == len(set(names))
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    ks = {scope_of(n.name): next(a.ints[0] for a in n.attribute if a.name == "kernel_shape")
-          for n in convs}
+    ks = {
+        scope_of(n.name): next(a.ints[0] for a in n.attribute if a.name == "kernel_shape")
+        for n in convs
+    }
     assert ks["paths.p1.l3"] == 3 and ks["paths.p2.l3"] == 5
     assert any(n.op_type == "Concat" and scope_of(n.name) == "syncs.l2" for n in model.graph.node)
 
@@ -254,8 +260,12 @@ def test_schedule_schema_and_files(cifar: tuple[nn.Module, Path, onnx.ModelProto
 
 @pytest.mark.parametrize(
     "choice",
-    [PlanChoice(1, (False, False)), PlanChoice(2, (False, False)), PlanChoice(1, (True, True)),
-     PlanChoice(2, (True, False))],
+    [
+        PlanChoice(1, (False, False)),
+        PlanChoice(2, (False, False)),
+        PlanChoice(1, (True, True)),
+        PlanChoice(2, (True, False)),
+    ],
     ids=lambda c: c.name,
 )
 def test_runtime_matches_whole_model(
@@ -292,12 +302,9 @@ def test_runtime_more_paths_than_cores(tmp_path: Path) -> None:
 
 def test_runtime_measured_autotune(tmp_path: Path) -> None:
     net, shape = make_test_net("cifar")
-    sched = compile_model_dir(
-        net, shape, tmp_path, cores=2, measure=True, reps=20, quiet=False
-    )
+    sched = compile_model_dir(net, shape, tmp_path, cores=2, measure=True, reps=20, quiet=False)
     assert all("median_us" in c for c in sched["candidates"])
-    final = {c["plan"]: c["final_median_us"] for c in sched["candidates"]
-             if "final_median_us" in c}
+    final = {c["plan"]: c["final_median_us"] for c in sched["candidates"] if "final_median_us" in c}
     assert {"fused-1", "fused-2"} <= set(final)  # the baselines always reach the final
     assert sched["expected_us"] == final[sched["plan"]]
     # The autotuner's decision rule applied to its own recorded timings (no absolute time is
@@ -350,8 +357,9 @@ def test_benchmark_rows(cifar: tuple[nn.Module, Path, onnx.ModelProto], tmp_path
     assert par["plan"] in par["plan_medians_ms"] and par["scheduled_plan"] in par["plan_medians_ms"]
 
 
-def test_path_parallel_bound(cifar: tuple[nn.Module, Path, onnx.ModelProto],
-                             tmp_path: Path) -> None:
+def test_path_parallel_bound(
+    cifar: tuple[nn.Module, Path, onnx.ModelProto], tmp_path: Path
+) -> None:
     from parnasc.deploy.bench import format_bound, path_parallel_bound
 
     _, d, model = cifar
@@ -388,8 +396,9 @@ def _streams_model_dir(
     whole model's output for it."""
     _, d, model = cifar
     shutil.copy(d / "model.onnx", out / "model.onnx")
-    build_schedule(model, 2, 2, out_dir=out, measure=False,
-                   candidates=[PlanChoice(1, (True, True))])
+    build_schedule(
+        model, 2, 2, out_dir=out, measure=False, candidates=[PlanChoice(1, (True, True))]
+    )
     x = _x(1, (3, 32, 32))
     return x, _ort_out(out / "model.onnx", x)
 
@@ -430,8 +439,9 @@ def test_runtime_adapts_to_the_faster_plan(
         rt.recalibrate()
 
 
-def test_run_never_retimes(cifar: tuple[nn.Module, Path, onnx.ModelProto], tmp_path: Path,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_never_retimes(
+    cifar: tuple[nn.Module, Path, onnx.ModelProto], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each run() is exactly one inference of the current plan: the re-check of plans is only
     at start-up and in recalibrate() (it used to run ~40 inferences inside one call in 50)."""
     from parnasc.deploy.runtime import Executor
@@ -489,8 +499,9 @@ def test_runtime_errors_and_concurrent_callers(
 
 
 @pytest.fixture(scope="module")
-def streams_dir(cifar: tuple[nn.Module, Path, onnx.ModelProto],
-                tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
+def streams_dir(
+    cifar: tuple[nn.Module, Path, onnx.ModelProto], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, np.ndarray, np.ndarray]:
     """A model directory with the all-streams plan (a worker thread), an input, its output."""
     d = tmp_path_factory.mktemp("streams")
     x, ref = _streams_model_dir(cifar, d)
@@ -514,44 +525,85 @@ def _garbage(d: Path, name: str) -> None:
 
 BAD_DIRS: dict[str, tuple[Any, str]] = {
     "no schedule": (lambda d: (d / "schedule.json").unlink(), "no schedule.json in this"),
-    "truncated": (lambda d: (d / "schedule.json").write_text(
-        (d / "schedule.json").read_text()[:200]), "not valid JSON"),
+    "truncated": (
+        lambda d: (d / "schedule.json").write_text((d / "schedule.json").read_text()[:200]),
+        "not valid JSON",
+    ),
     "empty": (lambda d: (d / "schedule.json").write_text(""), "not valid JSON"),
     "binary": (lambda d: (d / "schedule.json").write_bytes(b"\xff\xfe\x00x"), "UTF-8"),
     "a list": (lambda d: (d / "schedule.json").write_text("[1, 2]"), "JSON object"),
-    "foreign": (lambda d: (d / "schedule.json").write_text('{"name": "x", "version": 2}'),
-                "no 'schema' key"),
-    "wrong schema": (lambda d: _edit_json(d, lambda s: {**s, "schema": "parnasc.schedule/0"}),
-                     "schema 'parnasc.schedule/0'"),
-    "missing key": (lambda d: _edit_json(d, lambda s: {k: v for k, v in s.items()
-                                                        if k != "phases"}),
-                    "missing key 'phases'"),
-    "wrong type": (lambda d: _edit_json(d, lambda s: {**s, "input_shape": "3x32x32"}),
-                   "'input_shape' must be"),
-    "bad segment": (lambda d: _edit_json(d, lambda s: {**s, "segments": [
-        {k: v for k, v in seg.items() if k != "file"} for seg in s["segments"]]}),
-        "segments[0]: missing key 'file'"),
-    "unknown id": (lambda d: _edit_json(d, lambda s: {**s, "phases": [
-        {**s["phases"][0], "segments": ["nope"]}, *s["phases"][1:]]}), "segment 'nope'"),
-    "outside file": (lambda d: _edit_json(d, lambda s: {**s, "model": "../model.onnx"}),
-                     "'model' must be a file name inside"),
-    "missing segment file": (lambda d: next((d / "segments").glob("*.onnx")).unlink(),
-                             "is missing from the directory"),
-    "garbage segment": (lambda d: _garbage(d, next(
-        s["file"] for s in json.loads((d / "schedule.json").read_text())["segments"]
-        if s["file"] != "model.onnx")), "ONNX Runtime cannot load"),
+    "foreign": (
+        lambda d: (d / "schedule.json").write_text('{"name": "x", "version": 2}'),
+        "no 'schema' key",
+    ),
+    "wrong schema": (
+        lambda d: _edit_json(d, lambda s: {**s, "schema": "parnasc.schedule/0"}),
+        "schema 'parnasc.schedule/0'",
+    ),
+    "missing key": (
+        lambda d: _edit_json(d, lambda s: {k: v for k, v in s.items() if k != "phases"}),
+        "missing key 'phases'",
+    ),
+    "wrong type": (
+        lambda d: _edit_json(d, lambda s: {**s, "input_shape": "3x32x32"}),
+        "'input_shape' must be",
+    ),
+    "bad segment": (
+        lambda d: _edit_json(
+            d,
+            lambda s: {
+                **s,
+                "segments": [
+                    {k: v for k, v in seg.items() if k != "file"} for seg in s["segments"]
+                ],
+            },
+        ),
+        "segments[0]: missing key 'file'",
+    ),
+    "unknown id": (
+        lambda d: _edit_json(
+            d,
+            lambda s: {**s, "phases": [{**s["phases"][0], "segments": ["nope"]}, *s["phases"][1:]]},
+        ),
+        "segment 'nope'",
+    ),
+    "outside file": (
+        lambda d: _edit_json(d, lambda s: {**s, "model": "../model.onnx"}),
+        "'model' must be a file name inside",
+    ),
+    "missing segment file": (
+        lambda d: next((d / "segments").glob("*.onnx")).unlink(),
+        "is missing from the directory",
+    ),
+    "garbage segment": (
+        lambda d: _garbage(
+            d,
+            next(
+                s["file"]
+                for s in json.loads((d / "schedule.json").read_text())["segments"]
+                if s["file"] != "model.onnx"
+            ),
+        ),
+        "ONNX Runtime cannot load",
+    ),
     # the segments (and their worker thread) are built first, then the whole model fails
     "garbage model": (lambda d: _garbage(d, "model.onnx"), "ONNX Runtime cannot load"),
-    "shape mismatch": (lambda d: _edit_json(d, lambda s: {**s, "input_shape": [3, 40, 40]}),
-                       "cannot run an input of shape [1, 3, 40, 40]"),
-    "segments swapped": (lambda d: _edit_json(d, lambda s: {**s, "phases": s["phases"][::-1]}),
-                         "no earlier segment produces"),
+    "shape mismatch": (
+        lambda d: _edit_json(d, lambda s: {**s, "input_shape": [3, 40, 40]}),
+        "cannot run an input of shape [1, 3, 40, 40]",
+    ),
+    "segments swapped": (
+        lambda d: _edit_json(d, lambda s: {**s, "phases": s["phases"][::-1]}),
+        "no earlier segment produces",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_DIRS))
 def test_runtime_bad_model_dir_is_one_user_error(
-    streams_dir: tuple[Path, np.ndarray, np.ndarray], tmp_path: Path, case: str,
+    streams_dir: tuple[Path, np.ndarray, np.ndarray],
+    tmp_path: Path,
+    case: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A malformed, truncated or foreign directory is one UserError naming DIR/schedule.json
@@ -584,7 +636,8 @@ def test_runtime_bad_model_dir_is_one_user_error(
 
 
 def test_runtime_without_affinity_support(
-    streams_dir: tuple[Path, np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch,
+    streams_dir: tuple[Path, np.ndarray, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Without os.sched_getaffinity/sched_setaffinity (macOS) everything runs unpinned on
@@ -714,8 +767,9 @@ rt.run(np.zeros((1, 3, 32, 32), np.float32))
 threads = [w.thread for ex in rt._plans.values() for w in ex.workers.values()]
 print("alive before exit:", sum(t.is_alive() for t in threads))
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert res.returncode == 0, res.stderr
     assert "alive before exit: 1" in res.stdout and "alive at exit: 0" in res.stdout, res.stdout
     assert res.stderr == "", res.stderr
@@ -768,8 +822,9 @@ def _lanes_err(out: str) -> tuple[float, float]:
     return float(m.group(1)), float(m.group(2))
 
 
-def test_lanes_experiment_matches_ort(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                      bench_lanes: Any) -> None:
+def test_lanes_experiment_matches_ort(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bench_lanes: Any
+) -> None:
     """benchmarks/bench_lanes.py (the measured NCHWc process-lanes design) stays runnable and
     correct on any CPU: it exits 1 when its output differs from ORT's by more than
     ``bench_lanes.RTOL`` of the output's magnitude (why that bound: see there).
@@ -807,16 +862,21 @@ def test_lanes_check_catches_wrong_outputs(bench_lanes: Any) -> None:
     assert bench_lanes.compare(ref.copy(), ref)[2]
     noisy = ref * (1 + np.float32(1e-6))  # ~ 10x the summation-order noise measured
     assert bench_lanes.compare(noisy, ref)[2]
-    for bad in (ref + 4e-4 * np.eye(1, 4, dtype=np.float32),  # a wrong block layout's size
-                ref[:, ::-1].copy(), np.zeros_like(ref), np.full_like(ref, np.nan),
-                ref[:, :3].copy()):
+    for bad in (
+        ref + 4e-4 * np.eye(1, 4, dtype=np.float32),  # a wrong block layout's size
+        ref[:, ::-1].copy(),
+        np.zeros_like(ref),
+        np.full_like(ref, np.nan),
+        ref[:, :3].copy(),
+    ):
         assert not bench_lanes.compare(bad, ref)[2]
     assert bench_lanes.compare(ref * 1e-6, ref * 1e-6)[2]  # scale-free
     assert not bench_lanes.compare(ref * 1e-6 + 1e-9, ref * 1e-6)[2]
 
 
-def test_lanes_never_wait_on_a_dead_worker(tmp_path: Path, bench_lanes: Any,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lanes_never_wait_on_a_dead_worker(
+    tmp_path: Path, bench_lanes: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A worker process that dies while starting or between runs is an error, not a hang."""
     torch.manual_seed(0)
     spec, ir = compile_source(LANES32, "lanes32.pnas")

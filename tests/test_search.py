@@ -86,7 +86,11 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [PARNASC, *args], cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [PARNASC, *args],
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
 
@@ -174,8 +178,9 @@ def test_search_records_how_decided_each_decision_is(runs: Runs) -> None:
     text = (runs.a / "derived.pnas").read_text()
     assert f"# decisions: {summary(result.probabilities)}\n" in text
     assert text.count(" margin ") == len(result.probabilities)  # 4 blocks and 2 sync sites
-    assert result.undecided == [k for k, d in decisions(result.probabilities).items()
-                                if not d.decided]
+    assert result.undecided == [
+        k for k, d in decisions(result.probabilities).items() if not d.decided
+    ]
 
 
 def test_train_derived_beats_chance(runs: Runs) -> None:
@@ -222,9 +227,9 @@ def test_resume_after_kill_matches_uninterrupted(runs: Runs) -> None:
 
 
 def test_checkpoints_load_with_weights_only(runs: Runs) -> None:
-    files = [
-        runs.a / f for f in ("checkpoint.pt", "searched.pt", "supernet.pt")
-    ] + [runs.c / "checkpoint.pt"]
+    files = [runs.a / f for f in ("checkpoint.pt", "searched.pt", "supernet.pt")] + [
+        runs.c / "checkpoint.pt"
+    ]
     files += [runs.a / f for f in ("model.pt", "train_checkpoint.pt") if (runs.a / f).exists()]
     for f in files:
         ck = torch.load(f, map_location="cpu", weights_only=True)
@@ -289,8 +294,14 @@ def test_emit_and_bench_need_inputs(tmp_path: Path) -> None:
 # --- resume keeps the run; every state a kill can leave; damaged files (CLI) -----------------
 
 SEARCH_FILES = (
-    "settings.json", "checkpoint.pt", "metrics.jsonl", "arch.jsonl", "searched.pt",
-    "supernet.pt", "derived.pnas", "result.json",
+    "settings.json",
+    "checkpoint.pt",
+    "metrics.jsonl",
+    "arch.jsonl",
+    "searched.pt",
+    "supernet.pt",
+    "derived.pnas",
+    "result.json",
 )
 
 
@@ -348,23 +359,33 @@ def test_resume_of_a_complete_run_changes_nothing(
 @pytest.mark.parametrize(
     ("option", "needle"),
     [
-        (["--beta", "0.1"], "--beta 0.1: cannot change a setting of the resumed run {run} "
-         "(recorded 0.01)"),
-        (["--train-images", "500"], "--train-images 500: cannot change a setting of the "
-         "resumed run {run} (recorded 1000)"),
+        (
+            ["--beta", "0.1"],
+            "--beta 0.1: cannot change a setting of the resumed run {run} (recorded 0.01)",
+        ),
+        (
+            ["--train-images", "500"],
+            "--train-images 500: cannot change a setting of the resumed run {run} (recorded 1000)",
+        ),
         (["--test-images", "100"], "(recorded 500)"),
         (["--cores", "3"], "--cores 3: cannot change a setting"),
         (["--seed", "1"], "--seed 1: cannot change a setting"),
         (["--mode", "alternate"], "(recorded joint)"),
         (["--recipe", "paper"], "(recorded default)"),
-        (["--epochs", "2"], "--epochs 2: cannot change a setting of the resumed run {run} "
-         "(recorded 3); --epochs can only extend a run"),
+        (
+            ["--epochs", "2"],
+            "--epochs 2: cannot change a setting of the resumed run {run} "
+            "(recorded 3); --epochs can only extend a run",
+        ),
         (["--out", "elsewhere"], "--out elsewhere: cannot change the directory"),
         (["{other}"], "{other}: cannot change the spec of the resumed run {run}"),
     ],
 )
 def test_resume_refuses_a_changed_setting(
-    runs: Runs, tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str],
+    runs: Runs,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    option: list[str],
     needle: str,
 ) -> None:
     run = _copy_run(runs.a, tmp_path / "A")
@@ -467,7 +488,11 @@ def _save(obj: object, path: Path) -> None:
     ],
 )
 def test_damaged_checkpoint_on_resume_is_one_line_error(
-    runs: Runs, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, damage: str,
+    runs: Runs,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    damage: str,
     needle: str,
 ) -> None:
     run = _copy_run(runs.a, tmp_path / "A")
@@ -513,7 +538,11 @@ def _damage(f: Path, damage: str) -> None:
     ],
 )
 def test_damaged_weights_are_one_line_errors(
-    runs: Runs, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, damage: str,
+    runs: Runs,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    damage: str,
     command: str,
 ) -> None:
     run = _copy_run(runs.a, tmp_path / "A")
@@ -565,8 +594,10 @@ def test_unfinished_search_is_refused_then_resumed(
     (run / "result.json").unlink()  # killed between derived.pnas and result.json
     for args in (["train", run / "derived.pnas"], ["emit", run]):
         line = _refused(capsys, *args)
-        assert f"{run}: the search there has not finished (no result.json); finish it with " \
+        assert (
+            f"{run}: the search there has not finished (no result.json); finish it with "
             f"'parnasc search --resume {run}'" in line
+        )
     for name in ("derived.pnas", "supernet.pt"):  # killed right after searched.pt
         (run / name).unlink()
     (run / ".derived.pnas.k3j4.tmp.pnas").write_text("model sm")  # a write the kill cut short
@@ -612,8 +643,11 @@ def test_train_resume_keeps_its_settings(
     assert rc == 0, err
     assert f"{run}: the training is already complete (1 epoch): test accuracy" in out
     for option, needle in (
-        (["--test-images", "100"], "--test-images 100: cannot change a setting of the resumed "
-         f"training {run} (recorded 500)"),
+        (
+            ["--test-images", "100"],
+            "--test-images 100: cannot change a setting of the resumed "
+            f"training {run} (recorded 500)",
+        ),
         (["--from-scratch"], "--from-scratch: cannot change a setting"),
         (["--epochs", "0"], "--epochs 0: cannot change a setting"),
     ):
@@ -787,13 +821,16 @@ def test_emit_run_and_bench_the_searched_model(runs: Runs, tmp_path: Path) -> No
         assert f": {CIFAR10_CLASSES[int(logits.argmax())]} (" in line
 
     rows_file = tmp_path / "bench.json"
-    b = _run(["bench", str(out), "--reps", "100", "--json", str(rows_file), "--bound"],
-             runs.root)
+    b = _run(["bench", str(out), "--reps", "100", "--json", str(rows_file), "--bound"], runs.root)
     assert b.returncode == 0, b.stdout + b.stderr
     assert "path-parallel ceiling on 2 cores" in b.stdout
     rows = json.loads(rows_file.read_text())
     assert [r["engine"] for r in rows] == [
-        "ort-sequential", "ort-intra", "ort-parallel-partition", "torch", "parnasc"
+        "ort-sequential",
+        "ort-intra",
+        "ort-parallel-partition",
+        "torch",
+        "parnasc",
     ]
     for r in rows:
         assert {"engine", "threads", "median_ms", "p90_ms", "p99_ms"} <= set(r)

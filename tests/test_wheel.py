@@ -23,9 +23,22 @@ print(spec.name, ir.paths)
 def test_wheel_ships_the_grammar_and_compiles_specs(tmp_path: Path) -> None:
     # Build offline with the venv's hatchling (a dev dependency), as pip would for an install.
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path / "dist"), str(ROOT)],
-        check=True, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     (wheel,) = (tmp_path / "dist").glob("parnasc-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -37,8 +50,13 @@ def test_wheel_ships_the_grammar_and_compiles_specs(tmp_path: Path) -> None:
     (site / "CHECK.pnas").write_text((ROOT / "examples" / "tiny.pnas").read_text())
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run(
-        [sys.executable, "-c", _USE], env=env, cwd=tmp_path, check=True, capture_output=True,
-        text=True, timeout=120,
+        [sys.executable, "-c", _USE],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout.split("\n")
     assert out[0] == str(site / "parnasc" / "__init__.py")  # the wheel's copy, not the checkout
     assert out[1] == str(site / "parnasc" / "lang" / "pnas.lark")

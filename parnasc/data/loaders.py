@@ -55,9 +55,7 @@ def make_loaders(cifar: Cifar, batch: int, val_fraction: float, seed: int) -> Lo
     return Loaders(
         train=Loader(xt, yt, batch, shuffle=True, augment=True, seed=seed, drop_last=True),
         val=Loader(xv, yv, batch, shuffle=True, augment=False, seed=seed + 1),
-        test=Loader(
-            cifar.test_x, cifar.test_y, TEST_BATCH, shuffle=False, augment=False, seed=0
-        ),
+        test=Loader(cifar.test_x, cifar.test_y, TEST_BATCH, shuffle=False, augment=False, seed=0),
     )
 
 

@@ -48,39 +48,43 @@ def _executor(phases: Phases, cpus: list[int]) -> Executor:
     out = phases[-1][-1][0].graph.output[0].name
     return build_executor(
         [[(m.SerializeToString(), lane, t) for m, lane, t in ph] for ph in phases],
-        cpus, name, out,
+        cpus,
+        name,
+        out,
     )
 
 
-def measure_phases(phases: Phases, cores: int, reps: int = 200,
-                   quiet: bool = True) -> dict[str, float]:
+def measure_phases(
+    phases: Phases, cores: int, reps: int = 200, quiet: bool = True
+) -> dict[str, float]:
     """Time one run of ``phases`` on batch 1: :func:`parnasc.timing.time_callable` statistics
     (ms).  A single segment is fed random tensors of its own input shapes."""
     cpus = lane_cpus(cores)
     if len(phases) == 1 and len(phases[0]) == 1:
         model, _, threads = phases[0][0]
-        sess = open_session(model.SerializeToString(),
-                            session_options(min(threads, len(cpus))))
+        sess = open_session(model.SerializeToString(), session_options(min(threads, len(cpus))))
         rng = np.random.default_rng(0)
         feeds = {
-            i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape])
-            .astype(np.float32)
+            i.name: rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape]).astype(
+                np.float32
+            )
             for i in sess.get_inputs()
         }
         outs = [o.name for o in sess.get_outputs()]
-        return time_callable(lambda: sess.run(outs, feeds), reps, quiet=quiet,
-                             quiet_timeout_s=QUIET_TIMEOUT_S)
+        return time_callable(
+            lambda: sess.run(outs, feeds), reps, quiet=quiet, quiet_timeout_s=QUIET_TIMEOUT_S
+        )
     _, x = _input(phases)
     ex = _executor(phases, cpus)
     try:
-        return time_callable(partial(ex.run, x), reps, quiet=quiet,
-                             quiet_timeout_s=QUIET_TIMEOUT_S)
+        return time_callable(partial(ex.run, x), reps, quiet=quiet, quiet_timeout_s=QUIET_TIMEOUT_S)
     finally:
         ex.close()
 
 
-def measure_interleaved(plans: Sequence[Phases], cores: int, reps: int = 200,
-                        quiet: bool = True, rounds: int = 8) -> list[dict[str, float]]:
+def measure_interleaved(
+    plans: Sequence[Phases], cores: int, reps: int = 200, quiet: bool = True, rounds: int = 8
+) -> list[dict[str, float]]:
     """Time several plans in interleaved chunks (:func:`parnasc.timing.interleaved`).
 
     All plans are built first, warmed up, then timed round-robin (``rounds`` chunks each, the
@@ -93,17 +97,28 @@ def measure_interleaved(plans: Sequence[Phases], cores: int, reps: int = 200,
     try:
         for phases in plans:
             exs.append(_executor(phases, cpus))
-        series = interleaved([partial(ex.run, x) for ex in exs], rounds,
-                             max(1, -(-reps // rounds)), warmup=20, quiet=quiet,
-                             quiet_timeout_s=QUIET_TIMEOUT_S)
+        series = interleaved(
+            [partial(ex.run, x) for ex in exs],
+            rounds,
+            max(1, -(-reps // rounds)),
+            warmup=20,
+            quiet=quiet,
+            quiet_timeout_s=QUIET_TIMEOUT_S,
+        )
     finally:
         for ex in exs:
             ex.close()
     return [s.stats() for s in series]
 
 
-def final_pick(results: list[dict[str, Any]], fused: Sequence[bool],
-               phases_of: Callable[[int], Phases], cores: int, reps: int, quiet: bool) -> int:
+def final_pick(
+    results: list[dict[str, Any]],
+    fused: Sequence[bool],
+    phases_of: Callable[[int], Phases],
+    cores: int,
+    reps: int,
+    quiet: bool,
+) -> int:
     """Re-time the finalists interleaved and return the index of the plan to use.
 
     ``results[i]["median_us"]`` is candidate ``i``'s first-pass median, ``fused[i]`` whether
@@ -111,8 +126,11 @@ def final_pick(results: list[dict[str, Any]], fused: Sequence[bool],
     ``results``.
     """
     best = min(r["median_us"] for r in results)
-    fin = [i for i, r in enumerate(results)
-           if fused[i] or r["median_us"] <= best * (1 + FINALIST_SPREAD)]
+    fin = [
+        i
+        for i, r in enumerate(results)
+        if fused[i] or r["median_us"] <= best * (1 + FINALIST_SPREAD)
+    ]
     stats = measure_interleaved([phases_of(i) for i in fin], cores, reps, quiet)
     for i, st in zip(fin, stats, strict=True):
         results[i]["final_median_us"] = round(st["median_ms"] * 1e3, 1)

@@ -60,17 +60,21 @@ def _stdout_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def _ort_session(path: Path, intra: int, inter: int = 1, *, parallel: bool = False,
-                 config: dict[str, str] | None = None) -> ort.InferenceSession:
+def _ort_session(
+    path: Path,
+    intra: int,
+    inter: int = 1,
+    *,
+    parallel: bool = False,
+    config: dict[str, str] | None = None,
+) -> ort.InferenceSession:
     with _stdout_silenced():
-        return open_session(path, session_options(intra, inter, parallel=parallel,
-                                                   config=config))
+        return open_session(path, session_options(intra, inter, parallel=parallel, config=config))
 
 
 def _engines(
     model_dir: Path, cores: int, torch_module: Any | None, adapt: bool = True
-) -> tuple[dict[str, tuple[int, Callable[[np.ndarray], np.ndarray], Callable[[], None]]],
-           Runtime]:
+) -> tuple[dict[str, tuple[int, Callable[[np.ndarray], np.ndarray], Callable[[], None]]], Runtime]:
     """name -> (threads, run(x) -> y, close()), and the parnasc runtime.
 
     The runtime is built first (a bad model directory fails before anything else starts);
@@ -81,6 +85,7 @@ def _engines(
     out: dict[str, tuple[int, Callable[[np.ndarray], np.ndarray], Callable[[], None]]] = {}
     rt = Runtime(model_dir, cores, adapt=adapt)
     try:
+
         def ort_engine(sess: ort.InferenceSession) -> Callable[[np.ndarray], np.ndarray]:
             name = sess.get_inputs()[0].name
             return lambda x: sess.run(None, {name: x})[0]
@@ -174,9 +179,20 @@ def benchmark(
         # one, measurably slow whatever runs right after them).
         n_rounds = rounds if rounds is not None else max(4, -(-reps // 25))
         names = list(engines)
-        series = dict(zip(names, interleaved(
-            [partial(engines[k][1], x) for k in names], n_rounds, max(1, -(-reps // n_rounds)),
-            total=reps, quiet=quiet, before_round=recheck), strict=True))
+        series = dict(
+            zip(
+                names,
+                interleaved(
+                    [partial(engines[k][1], x) for k in names],
+                    n_rounds,
+                    max(1, -(-reps // n_rounds)),
+                    total=reps,
+                    quiet=quiet,
+                    before_round=recheck,
+                ),
+                strict=True,
+            )
+        )
     finally:
         for _, _, close in engines.values():
             close()
@@ -220,8 +236,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         pr = by["parnasc"]
         if pr.get("plan"):
             timed = ", ".join(f"{k} {v:.3f}" for k, v in pr.get("plan_medians_ms", {}).items())
-            lines.append(f"parnasc plan: {pr['plan']} (schedule: {pr.get('scheduled_plan')}"
-                         + (f"; last timing, ms: {timed}" if timed else "") + ")")
+            lines.append(
+                f"parnasc plan: {pr['plan']} (schedule: {pr.get('scheduled_plan')}"
+                + (f"; last timing, ms: {timed}" if timed else "")
+                + ")"
+            )
         p = by["parnasc"]["median_ms"]
         for name in ENGINES[:-1]:
             if name in by:
@@ -246,14 +265,16 @@ def _node_us(model: Path, x: np.ndarray, reps: int) -> dict[str, float]:
     return {k: float(np.median(v)) for k, v in per_node.items()}
 
 
-def _ort_medians_ms(model: Path, cores: int, x: np.ndarray, reps: int,
-                    quiet: bool) -> tuple[float, float]:
+def _ort_medians_ms(
+    model: Path, cores: int, x: np.ndarray, reps: int, quiet: bool
+) -> tuple[float, float]:
     """Medians (ms) of ORT sequential and ORT intra-op on the whole model, interleaved."""
     sessions = [_ort_session(model, 1), _ort_session(model, cores)]
     name = sessions[0].get_inputs()[0].name
     runs = [partial(sess.run, None, {name: x}) for sess in sessions]
-    seq, intra = interleaved(runs, max(1, reps // 50), 50, rotate=False, quiet=quiet,
-                             quiet_timeout_s=1.0)
+    seq, intra = interleaved(
+        runs, max(1, reps // 50), 50, rotate=False, quiet=quiet, quiet_timeout_s=1.0
+    )
     return float(np.median(seq.samples)) * 1e3, float(np.median(intra.samples)) * 1e3
 
 
@@ -268,8 +289,9 @@ def _scope_groups(node_us: dict[str, float], scale: float) -> dict[str, float]:
     return groups
 
 
-def path_parallel_bound(model_dir: Path, cores: int, reps: int = 300,
-                        quiet: bool = True) -> dict[str, Any]:
+def path_parallel_bound(
+    model_dir: Path, cores: int, reps: int = 300, quiet: bool = True
+) -> dict[str, Any]:
     """Best latency any path-per-core schedule of ``model_dir`` could reach with ORT's kernels.
 
     ORT's profiler gives every node's single-threaded kernel time inside the whole model
@@ -296,8 +318,10 @@ def path_parallel_bound(model_dir: Path, cores: int, reps: int = 300,
     groups = _scope_groups(node_us, scale)
     serial = sum(v for k, v in groups.items() if not k.startswith("paths."))
     parallel = sum(
-        max(sum(groups.get(f"paths.p{p}.{lvl}", 0.0) for lvl in levels)
-            for p in range(1, int(sched["paths"]) + 1))
+        max(
+            sum(groups.get(f"paths.p{p}.{lvl}", 0.0) for lvl in levels)
+            for p in range(1, int(sched["paths"]) + 1)
+        )
         for levels in stages({"levels": sched["levels"], "syncs": sched["syncs"]})
     )
     bound = serial / cores + parallel
@@ -316,12 +340,14 @@ def path_parallel_bound(model_dir: Path, cores: int, reps: int = 300,
 
 def format_bound(b: dict[str, Any]) -> str:
     """Lines describing :func:`path_parallel_bound`'s result."""
-    return "\n".join([
-        f"path-parallel ceiling on {b['cores']} cores (ORT kernels, zero dispatch cost, serial "
-        f"parts split perfectly): {b['bound_ms']:.3f} ms",
-        f"  = serial {b['serial_ms']:.3f} ms / {b['cores']} + longest path chain "
-        f"{b['paths_critical_ms']:.3f} ms",
-        f"  at most {b['ceiling_vs_sequential']:.2f}x ort-sequential "
-        f"({b['ort_sequential_ms']:.3f} ms) and {b['ceiling_vs_intra']:.2f}x ort-intra "
-        f"({b['ort_intra_ms']:.3f} ms), measured in the same run",
-    ])
+    return "\n".join(
+        [
+            f"path-parallel ceiling on {b['cores']} cores (ORT kernels, zero dispatch cost, serial "
+            f"parts split perfectly): {b['bound_ms']:.3f} ms",
+            f"  = serial {b['serial_ms']:.3f} ms / {b['cores']} + longest path chain "
+            f"{b['paths_critical_ms']:.3f} ms",
+            f"  at most {b['ceiling_vs_sequential']:.2f}x ort-sequential "
+            f"({b['ort_sequential_ms']:.3f} ms) and {b['ceiling_vs_intra']:.2f}x ort-intra "
+            f"({b['ort_intra_ms']:.3f} ms), measured in the same run",
+        ]
+    )

@@ -57,8 +57,9 @@ def build_schedule(
     """The schedule of ``model`` (:func:`parnasc.deploy.schedule.make_schedule`), written into
     ``out_dir`` when given (:func:`write_schedule`; the exported model is expected at
     ``out_dir/model.onnx``, else written there).  Returns the ``schedule.json`` document."""
-    sched = make_schedule(model, paths, cores, measure=measure, reps=reps,
-                          candidates=candidates, quiet=quiet)
+    sched = make_schedule(
+        model, paths, cores, measure=measure, reps=reps, candidates=candidates, quiet=quiet
+    )
     if out_dir is not None:
         write_schedule(Path(out_dir), model, sched)
     return sched.doc

@@ -327,4 +327,3 @@ def export_onnx(
     onnx.checker.check_model(model, full_check=True)
     write_bytes(Path(path), model.SerializeToString())
     return model
-

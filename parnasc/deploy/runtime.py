@@ -168,8 +168,10 @@ class _Worker:
                     except queue.Empty:
                         raise _LaneFailure(f"runtime worker {self.name} has died") from None
                 if time.monotonic() > deadline:
-                    raise _LaneFailure(f"runtime worker {self.name} did not finish its segment "
-                                       f"within {timeout_s:g} s") from None
+                    raise _LaneFailure(
+                        f"runtime worker {self.name} did not finish its segment "
+                        f"within {timeout_s:g} s"
+                    ) from None
         if isinstance(res, BaseException):
             raise res
         return res
@@ -184,8 +186,14 @@ class _Worker:
 class Executor:
     """Phases of segments over lanes; the core of :class:`Runtime` and of the autotuner."""
 
-    def __init__(self, phases: list[list[_Seg]], cpus: list[int], input_name: str,
-                 output_name: str, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        phases: list[list[_Seg]],
+        cpus: list[int],
+        input_name: str,
+        output_name: str,
+        timeout_s: float = 60.0,
+    ) -> None:
         self.phases = phases
         self.cpus = cpus
         self.input_name = input_name
@@ -299,8 +307,9 @@ def build_executor(
         segs = []
         for model, lane, threads in ph:
             t = min(threads, n_lanes)
-            so = session_options(t, spinning=not mixed,
-                                 helper_cpus=cpus[1:t] if pin and t > 1 else ())
+            so = session_options(
+                t, spinning=not mixed, helper_cpus=cpus[1:t] if pin and t > 1 else ()
+            )
             try:
                 sess = open_session(model, so)
             except Exception as exc:  # ORT's own exception types (InvalidProtobuf, Fail...)
@@ -385,16 +394,24 @@ class Runtime:
             self._finalizer()
             raise
 
-    def _load(self, model_dir: Path, cores: int | None, adapt: bool, calibration_reps: int,
-              timeout_s: float) -> None:
+    def _load(
+        self,
+        model_dir: Path,
+        cores: int | None,
+        adapt: bool,
+        calibration_reps: int,
+        timeout_s: float,
+    ) -> None:
         sched = load_schedule(model_dir)
         where = model_dir / "schedule.json"
         self.schedule: dict[str, Any] = sched
         self.cpus = lane_cpus(int(cores if cores is not None else sched["cores"]))
         by_id = {s["id"]: s for s in sched["segments"]}
         phases = [
-            [(model_dir / by_id[i]["file"], by_id[i]["core"], by_id[i]["threads"])
-             for i in ph["segments"]]
+            [
+                (model_dir / by_id[i]["file"], by_id[i]["core"], by_id[i]["threads"])
+                for i in ph["segments"]
+            ]
             for ph in sched["phases"]
         ]
         self.scheduled_plan: str = sched["plan"]
@@ -409,8 +426,7 @@ class Runtime:
             try:
                 ex = build_executor(ph, self.cpus, sched["input"], sched["output"], timeout_s)
             except _LoadError as exc:
-                raise UserError(f"{where}: plan {name!r}: ONNX Runtime cannot load "
-                                f"{exc}") from None
+                raise UserError(f"{where}: plan {name!r}: ONNX Runtime cannot load {exc}") from None
             self._plans[name] = ex
             why = _dataflow_error(ex)
             if why is not None:
@@ -420,23 +436,26 @@ class Runtime:
             except _LaneFailure:
                 raise
             except Exception as exc:
-                raise UserError(f"{where}: plan {name!r} cannot run an input of shape "
-                                f"{shape} (input_shape): {_ort_reason(exc)}") from None
+                raise UserError(
+                    f"{where}: plan {name!r} cannot run an input of shape "
+                    f"{shape} (input_shape): {_ort_reason(exc)}"
+                ) from None
         if len(self._plans) > 1:
-            self._retime(self._probe, rounds=6, per_round=max(1, calibration_reps // 6),
-                         warmup=10)
+            self._retime(self._probe, rounds=6, per_round=max(1, calibration_reps // 6), warmup=10)
 
     def _retime(self, x: np.ndarray, rounds: int, per_round: int, warmup: int) -> None:
         """Time every plan on ``x`` in interleaved rounds and switch to the best."""
         names = list(self._plans)
         runs = [partial(self._plans[k].run, x) for k in names]
         series = interleaved(runs, rounds, per_round, warmup=warmup, quiet=False)
-        self.plan_medians_ms = {k: float(np.median(s.samples)) * 1e3
-                                for k, s in zip(names, series, strict=True)}
+        self.plan_medians_ms = {
+            k: float(np.median(s.samples)) * 1e3 for k, s in zip(names, series, strict=True)
+        }
         self.plan = choose_plan(self.plan_medians_ms, self.plan)
 
-    def recalibrate(self, x: np.ndarray | None = None, *, rounds: int = 3, per_round: int = 4,
-                    warmup: int = 2) -> str:
+    def recalibrate(
+        self, x: np.ndarray | None = None, *, rounds: int = 3, per_round: int = 4, warmup: int = 2
+    ) -> str:
         """Re-time every plan interleaved (``warmup + rounds * per_round`` runs each, on ``x``
         or a fixed random input) in the calling thread and switch to the fastest (3%
         hysteresis); returns the plan now running.  With one plan it does nothing.

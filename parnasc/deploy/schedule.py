@@ -112,7 +112,6 @@ def plan_candidates(structure: dict[str, Any], cores: int) -> list[PlanChoice]:
     return [PlanChoice(t, m) for t in range(1, cores + 1) for m in uniq]
 
 
-
 @dataclass
 class SegSpec:
     """A segment of a plan: its scopes, the lane (core) that runs it, its intra-op threads and
@@ -162,8 +161,9 @@ def plan_phases(
             combine += ["merge", "head"]
         if choice.streams[k]:
             flush()
-            lanes = _assign_lanes(n_paths, cores, [c[k] for c in chain_cost.values()]
-                                  if chain_cost else None)
+            lanes = _assign_lanes(
+                n_paths, cores, [c[k] for c in chain_cost.values()] if chain_cost else None
+            )
             segs: list[SegSpec] = []
             for lane in sorted(set(lanes.values())):
                 ps = [p for p in range(1, n_paths + 1) if lanes[p] == lane]
@@ -195,7 +195,6 @@ def _assign_lanes(n_paths: int, cores: int, costs: list[float] | None) -> dict[i
         out[p] = lane
         load[lane] += cost[p - 1]
     return out
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,9 +247,12 @@ class _Costs:
             self.node_macs.setdefault(scope_of(nd.name), []).append(macs[nd.name])
         self.present = set(self.node_macs)  # scopes that export to at least one node
         self.chain: dict[int, list[float]] = {
-            p: [_estimate_us([m for lvl in lv for m in self.node_macs.get(f"paths.p{p}.{lvl}", [])],
-                             1)
-                for lv in stages(structure)]
+            p: [
+                _estimate_us(
+                    [m for lvl in lv for m in self.node_macs.get(f"paths.p{p}.{lvl}", [])], 1
+                )
+                for lv in stages(structure)
+            ]
             for p in range(1, structure["paths"] + 1)
         }
 
@@ -258,9 +260,11 @@ class _Costs:
         return _estimate_us([m for s in scopes for m in self.node_macs[s]], threads)
 
     def plan_us(self, phases: Sequence[Phase]) -> float:
-        return sum(max(self.segment_us(sg.scopes, sg.threads) for sg in segs)
-                   + (_HANDOFF_US if strat == "streams" else 0.0)
-                   for strat, segs in phases)
+        return sum(
+            max(self.segment_us(sg.scopes, sg.threads) for sg in segs)
+            + (_HANDOFF_US if strat == "streams" else 0.0)
+            for strat, segs in phases
+        )
 
 
 class _Cutter:
@@ -307,8 +311,14 @@ def _rank(
     key = "median_us" if measure else "estimated_us"
     if not measure or len(cands) == 1:
         return results, min(range(len(cands)), key=lambda i: (results[i][key], i)), key
-    best = autotune.final_pick(results, [not any(c.streams) for c in cands],
-                               lambda i: cut.phases(phases_of(cands[i])), cores, reps, quiet)
+    best = autotune.final_pick(
+        results,
+        [not any(c.streams) for c in cands],
+        lambda i: cut.phases(phases_of(cands[i])),
+        cores,
+        reps,
+        quiet,
+    )
     return results, best, "final_median_us"
 
 
@@ -346,8 +356,9 @@ def _segment_rows(
                 "estimated_us": round(costs.segment_us(sg.scopes, sg.threads), 1),
             }
             if measure:
-                st = autotune.measure_phases([[(sm, 0, sg.threads)]], cores, max(50, reps // 2),
-                                             quiet)
+                st = autotune.measure_phases(
+                    [[(sm, 0, sg.threads)]], cores, max(50, reps // 2), quiet
+                )
                 row["measured_us"] = round(st["median_ms"] * 1e3, 1)
             if row["file"] != "model.onnx":
                 files[row["file"]] = sm
@@ -357,8 +368,9 @@ def _segment_rows(
     return seg_rows, phase_rows, files
 
 
-def _add_barriers(phase_rows: list[dict[str, Any]], seg_rows: list[dict[str, Any]],
-                  structure: dict[str, Any]) -> None:
+def _add_barriers(
+    phase_rows: list[dict[str, Any]], seg_rows: list[dict[str, Any]], structure: dict[str, Any]
+) -> None:
     """Give every phase its ``barrier``: for a streams phase the segments waited for, the
     tensors exchanged and the combine that runs first in the next phase; else null."""
     by_id = {r["id"]: r for r in seg_rows}
@@ -386,17 +398,22 @@ def _add_barriers(phase_rows: list[dict[str, Any]], seg_rows: list[dict[str, Any
         }
 
 
-def _critical_path(phase_rows: list[dict[str, Any]], seg_rows: list[dict[str, Any]],
-                   basis: str) -> dict[str, Any]:
+def _critical_path(
+    phase_rows: list[dict[str, Any]], seg_rows: list[dict[str, Any]], basis: str
+) -> dict[str, Any]:
     """The longest segment of each phase (by ``basis``) and their summed time."""
     by_id = {r["id"]: r for r in seg_rows}
     worst = [max((by_id[i] for i in ph["segments"]), key=lambda r: r[basis]) for ph in phase_rows]
-    return {"segments": [r["id"] for r in worst],
-            "time_us": round(sum(r[basis] for r in worst), 1), "basis": basis}
+    return {
+        "segments": [r["id"] for r in worst],
+        "time_us": round(sum(r[basis] for r in worst), 1),
+        "basis": basis,
+    }
 
 
-def _per_core(phase_rows: list[dict[str, Any]], seg_rows: list[dict[str, Any]],
-              cores: int) -> list[dict[str, Any]]:
+def _per_core(
+    phase_rows: list[dict[str, Any]], seg_rows: list[dict[str, Any]], cores: int
+) -> list[dict[str, Any]]:
     """What each core does: its segments, the segments it is an intra-op helper of, the phases
     it idles in."""
     by_id = {r["id"]: r for r in seg_rows}
@@ -448,8 +465,9 @@ def make_schedule(
 
     results, best, key = _rank(cands, phases_of, costs, cut, cores, measure, reps, quiet)
     choice = cands[best]
-    seg_rows, phase_rows, files = _segment_rows(phases_of(choice), cut, costs, cores, measure,
-                                                reps, quiet)
+    seg_rows, phase_rows, files = _segment_rows(
+        phases_of(choice), cut, costs, cores, measure, reps, quiet
+    )
     _add_barriers(phase_rows, seg_rows, structure)
     basis = "measured_us" if measure else "estimated_us"
     doc: dict[str, Any] = {

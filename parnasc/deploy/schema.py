@@ -113,7 +113,6 @@ def read_structure(model: onnx.ModelProto) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-
 def _short(v: object, n: int = 60) -> str:
     r = repr(v)
     return r if len(r) <= n else r[: n - 3] + "..."
@@ -153,31 +152,39 @@ def load_schedule(model_dir: Path) -> dict[str, Any]:
     try:
         sched = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise bad(f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-                  "truncated? re-run 'parnasc emit'") from None
+        raise bad(
+            f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            "truncated? re-run 'parnasc emit'"
+        ) from None
     if not isinstance(sched, dict):
-        raise bad(f"expected a JSON object (a parnasc schedule), found a JSON "
-                  f"{type(sched).__name__}")
+        raise bad(
+            f"expected a JSON object (a parnasc schedule), found a JSON {type(sched).__name__}"
+        )
     if "schema" not in sched:
         raise bad("no 'schema' key: not a parnasc schedule")
     if sched["schema"] != SCHEDULE_SCHEMA:
-        raise bad(f"schema {_short(sched['schema'])} is not {SCHEDULE_SCHEMA!r}, the one this "
-                  "parnasc reads; re-run 'parnasc emit'")
+        raise bad(
+            f"schema {_short(sched['schema'])} is not {SCHEDULE_SCHEMA!r}, the one this "
+            "parnasc reads; re-run 'parnasc emit'"
+        )
     checks: dict[str, tuple[str, Any]] = {
         "model": ("a file name inside the directory", _rel_file),
         "input": ("a tensor name", lambda v: isinstance(v, str) and bool(v)),
         "output": ("a tensor name", lambda v: isinstance(v, str) and bool(v)),
-        "input_shape": ("a list of 3 positive integers (C, H, W)",
-                        lambda v: isinstance(v, list) and len(v) == 3
-                        and all(_is_int(d, 1) for d in v)),
+        "input_shape": (
+            "a list of 3 positive integers (C, H, W)",
+            lambda v: isinstance(v, list) and len(v) == 3 and all(_is_int(d, 1) for d in v),
+        ),
         "cores": ("a positive integer", lambda v: _is_int(v, 1)),
         "plan": ("a plan name", lambda v: isinstance(v, str) and bool(v)),
-        "segments": ("a non-empty list of objects",
-                     lambda v: isinstance(v, list) and bool(v)
-                     and all(isinstance(s, dict) for s in v)),
-        "phases": ("a non-empty list of objects",
-                   lambda v: isinstance(v, list) and bool(v)
-                   and all(isinstance(p, dict) for p in v)),
+        "segments": (
+            "a non-empty list of objects",
+            lambda v: isinstance(v, list) and bool(v) and all(isinstance(s, dict) for s in v),
+        ),
+        "phases": (
+            "a non-empty list of objects",
+            lambda v: isinstance(v, list) and bool(v) and all(isinstance(p, dict) for p in v),
+        ),
     }
     for key, (what, ok) in checks.items():
         if key not in sched:
@@ -210,7 +217,7 @@ def load_schedule(model_dir: Path) -> dict[str, Any]:
     used = [sched["model"]] + [by_id[s]["file"] for ph in sched["phases"] for s in ph["segments"]]
     for f in dict.fromkeys(used):
         if not (Path(model_dir) / f).is_file():
-            raise bad(f"{f} is missing from the directory (an incomplete copy?); "
-                      "re-run 'parnasc emit'")
+            raise bad(
+                f"{f} is missing from the directory (an incomplete copy?); re-run 'parnasc emit'"
+            )
     return sched
-

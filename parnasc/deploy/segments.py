@@ -54,8 +54,9 @@ def extract_segment(
         raise ValueError(f"no nodes in scopes {sorted(wanted)}")
     inits = {t.name: t for t in g.initializer}
     produced = {o for nd in nodes for o in nd.output}
-    outside_uses = {v for nd, s in zip(g.node, sc, strict=True) if s not in wanted
-                    for v in nd.input}
+    outside_uses = {
+        v for nd, s in zip(g.node, sc, strict=True) if s not in wanted for v in nd.input
+    }
     outside_uses |= {o.name for o in g.output}
     ins: list[str] = []
     used_inits: dict[str, onnx.TensorProto] = {}
@@ -67,8 +68,9 @@ def extract_segment(
                 used_inits.setdefault(v, inits[v])
             elif v not in ins:
                 ins.append(v)
-    outs = [o for nd in nodes for o in nd.output
-            if o in outside_uses and (keep is None or o in keep)]
+    outs = [
+        o for nd in nodes for o in nd.output if o in outside_uses and (keep is None or o in keep)
+    ]
     vinfo = {v.name: v for v in [*g.value_info, *g.input, *g.output]} if shapes else {}
 
     def info(v: str) -> onnx.ValueInfoProto:
@@ -76,6 +78,7 @@ def extract_segment(
             return vinfo[v]
         return helper.make_tensor_value_info(v, onnx.TensorProto.FLOAT, None)
 
-    sub = helper.make_graph(nodes, "segment", [info(v) for v in ins], [info(v) for v in outs],
-                            list(used_inits.values()))
+    sub = helper.make_graph(
+        nodes, "segment", [info(v) for v in ins], [info(v) for v in outs], list(used_inits.values())
+    )
     return helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)

@@ -203,9 +203,7 @@ class IR:
     def edges(self, nid: str) -> list[tuple[str, int, Role]]:
         """In-edges of `nid` as (source, port, role): data edges first, each by port."""
         es = [
-            (u, d["port"], d["role"])
-            for u, keys in self._pred[nid].items()
-            for d in keys.values()
+            (u, d["port"], d["role"]) for u, keys in self._pred[nid].items() for d in keys.values()
         ]
         if len(es) > 1:
             es.sort(key=lambda e: (e[2] != "data", e[1], e[0]))

@@ -161,9 +161,7 @@ def _stmt_lines(st: Stmt, depth: int = 0) -> list[_Line]:
 
 def canonical_text(stmts: tuple[Stmt, ...]) -> str:
     """The canonical text of statements alone: no comments, no blank lines."""
-    return "".join(
-        INDENT * ln.depth + ln.text + "\n" for st in stmts for ln in _stmt_lines(st)
-    )
+    return "".join(INDENT * ln.depth + ln.text + "\n" for st in stmts for ln in _stmt_lines(st))
 
 
 @dataclass

@@ -85,9 +85,7 @@ def _comments(text: str) -> tuple[S.Comment, ...]:
 def _keyword_order() -> tuple[str, ...]:
     """Keyword terminal names in grammar order."""
     return tuple(
-        t.name
-        for t in _parser().terminals
-        if t.pattern.type == "str" and t.pattern.value.isalpha()
+        t.name for t in _parser().terminals if t.pattern.type == "str" and t.pattern.value.isalpha()
     )
 
 

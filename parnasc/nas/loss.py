@@ -61,8 +61,7 @@ class CostModel:
         paths = range(1, self.paths + 1)
         if self.kind == "latency":
             ops = sum(
-                max(float(self.blocks[block_key(lv, p)].max()) for p in paths)
-                for lv in self.levels
+                max(float(self.blocks[block_key(lv, p)].max()) for p in paths) for lv in self.levels
             )
         else:
             ops = sum(float(c.max()) for c in self.blocks.values())
@@ -87,7 +86,8 @@ class CostModel:
         t = torch.zeros(self.paths)
         for lv in self.levels:
             block = [
-                (probs[k] * self.blocks[k]).sum() if (k := block_key(lv, p)) in probs
+                (probs[k] * self.blocks[k]).sum()
+                if (k := block_key(lv, p)) in probs
                 else self.blocks[k][0]
                 for p in range(1, self.paths + 1)
             ]

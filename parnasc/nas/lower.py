@@ -99,6 +99,7 @@ class Net(nn.Module):
         self.syncs = nn.ModuleDict()
         self.arch = nn.ParameterDict()
         self.search_sync: dict[str, bool] = {}
+        self.temperature = 1.0  # of the softmax over the architecture parameters
         self.choices = arch_choices(ir)  # arch key -> candidate labels
         for key, labels in self.choices.items():
             self.arch[key] = nn.Parameter(torch.zeros(len(labels)))
@@ -132,8 +133,10 @@ class Net(nn.Module):
         return [p for p in self.parameters() if id(p) not in arch]
 
     def probabilities(self) -> dict[str, torch.Tensor]:
-        """Softmax of every architecture parameter (equations 1 and 3)."""
-        return {k: F.softmax(v, dim=0) for k, v in self.arch.items()}
+        """Softmax of every architecture parameter over `temperature` (equations 1 and 3;
+        the search anneals the temperature, 1 leaves the paper's plain softmax)."""
+        t = self.temperature
+        return {k: F.softmax(v / t if t != 1.0 else v, dim=0) for k, v in self.arch.items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = self.probabilities() if self.arch else {}
@@ -163,19 +166,3 @@ def lower(ir: IR) -> Net:
     """Build the torch module of `ir` (supernet or concrete), in channels_last layout."""
     net = Net(ir)
     return net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-
-
-def transfer_weights(concrete: Net, supernet: Net, choices: dict[str, str]) -> None:
-    """Copy the searched weights of the chosen candidates into the concrete network."""
-    own = {"stem": concrete.stem, "head": concrete.head, "merge": concrete.merge}
-    for name, mod in own.items():
-        mod.load_state_dict(getattr(supernet, name).state_dict())
-    for lv, comb in concrete.syncs.items():
-        comb.load_state_dict(supernet.syncs[lv].state_dict())
-    for p in range(1, concrete.n_paths + 1):
-        for lv, block in cast(nn.ModuleDict, concrete.paths[f"p{p}"]).items():
-            src = cast(nn.ModuleDict, supernet.paths[f"p{p}"])[lv]
-            if isinstance(src, MixedOp):
-                key = block_key(lv, p)
-                src = src.ops[supernet.choices[key].index(choices[key])]
-            block.load_state_dict(src.state_dict())

@@ -330,15 +330,12 @@ def resumed_spec_path(what: str, record: RunRecord, spec: Path | None) -> Path:
     path = spec if spec is not None else Path(record.spec)
     if spec is None and not path.is_file():
         raise OptionError(
-            f"{what} was made from {path}, which is gone; pass SPEC, the same spec where it "
-            "is now"
+            f"{what} was made from {path}, which is gone; pass SPEC, the same spec where it is now"
         )
     return path
 
 
-def check_resumed_spec(
-    what: str, record: RunRecord, spec: Spec, path: Path, given: bool
-) -> Spec:
+def check_resumed_spec(what: str, record: RunRecord, spec: Spec, path: Path, given: bool) -> Spec:
     """The compiled spec (from `path`, `given` by the caller or the recorded one) of a resumed
     run, which must be the recorded one (its hash); named as when the run began, so the
     outputs name it the same."""

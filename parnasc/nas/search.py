@@ -24,7 +24,7 @@ from parnasc.ir.passes.prune import prune
 from parnasc.ir.to_pnas import concrete_spec_text
 from parnasc.lang.spec import OptimSpec, Spec
 from parnasc.nas.loss import CostModel, flops_costs, total_loss
-from parnasc.nas.lower import Net, arch_choices, lower, transfer_weights
+from parnasc.nas.lower import Net, arch_choices, lower
 from parnasc.nas.recipes import Settings
 from parnasc.nas.runs import RECORD_FORMAT, DataRecord, SearchResult
 from parnasc.nas.train import (
@@ -41,6 +41,7 @@ from parnasc.nas.train import (
     make_optimizer,
     remove_temporaries,
 )
+from parnasc.nas.transfer import transfer_weights
 from parnasc.version import __version__
 
 SEARCH_OUTPUTS = (
@@ -86,9 +87,7 @@ def _decisions(ir: IR) -> tuple[dict[str, Node], set[str]]:
     return blocks, syncs
 
 
-def derive(
-    probs: Mapping[str, Sequence[float]], ir: IR, budget: int | None
-) -> dict[str, str]:
+def derive(probs: Mapping[str, Sequence[float]], ir: IR, budget: int | None) -> dict[str, str]:
     """The architecture of the supernet `ir` under the probabilities `probs` (architecture
     key -> probability per candidate): argmax per block, a sync kept where P_sync > P_direct
     (a tie removes it); then, if a memory budget per core is set and exceeded, the blocks that

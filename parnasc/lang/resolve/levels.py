@@ -131,9 +131,7 @@ def _level(scope: Scope, lv: Level, paths: int | None) -> LevelSpec | None:
     fixed = {"out": st.out or 1, "stride": st.stride or 1}
     common, per_path, ok = _candidate_lists(scope, lv, st, fixed, where, paths)
     if Out not in st.first:
-        scope.err.error(
-            f"{where} needs 'out' (its output channels)", lv.name_span, "e.g. out 16"
-        )
+        scope.err.error(f"{where} needs 'out' (its output channels)", lv.name_span, "e.g. out 16")
     if st.out is None or (Stride in st.first and st.stride is None):
         ok = False
     if not _every_path_has_candidates(scope, lv, st, per_path, paths, where):
@@ -225,8 +223,7 @@ def _every_path_has_candidates(
     if bare:
         which = join_words([str(p) for p in bare])
         scope.err.error(
-            f"{where} has no candidate operations for path{'s' if len(bare) > 1 else ''} "
-            f"{which}",
+            f"{where} has no candidate operations for path{'s' if len(bare) > 1 else ''} {which}",
             lv.name_span,
             "add 'ops ...' for all paths, or 'path N ops ...' for each path",
         )

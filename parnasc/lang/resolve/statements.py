@@ -77,8 +77,7 @@ def _report_empty(scope: Scope, doc: Document) -> None:
     scope.err.error(
         f"the spec has no statements (the file holds {what})",
         Span.end_of(doc.source),
-        "start with e.g. model mynet, input 3x32x32, classes 10, paths 2; "
-        "then levels and a head",
+        "start with e.g. model mynet, input 3x32x32, classes 10, paths 2; then levels and a head",
     )
     scope.err.raise_if_any()
 
