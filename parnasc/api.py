@@ -15,11 +15,11 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from parnasc.cpus import allowed_cpus, cpu_model
 from parnasc.errors import OptionError
-from parnasc.nas.recipes import SearchOptions, Settings, make_settings, validate
+from parnasc.nas.recipes import RECIPES, SearchOptions, Settings, make_settings, recipe, validate
 from parnasc.nas.runs import (
     RECORD_FORMAT,
     DataRecord,
@@ -116,6 +116,8 @@ def search(
     train_images: int | None = None,
     test_images: int | None = None,
     threads: int | None = None,
+    tau: float | None = None,
+    tau_end: float | None = None,
     progress: Report | None = None,
     log: Log | None = None,
 ) -> SearchResult:
@@ -146,6 +148,8 @@ def search(
         batch=batch,
         seed=seed,
         train_images=train_images,
+        tau=tau,
+        tau_end=tau_end,
     )
     options.check()
     run = Path(run_dir)
@@ -242,7 +246,8 @@ def _run_search(job: _SearchJob, progress: Report | None, log: Log | None) -> Se
     recorded = None if job.record is None else job.record.data
     cifar, rec = _data(what, recorded, job.data, settings.n_train, job.test_images, settings, log)
     with torch_threads(job.threads):  # after every check: a refusal leaves torch as it was
-        loaders = make_loaders(cifar, settings.batch, settings.val_fraction, settings.seed)
+        augment = recipe(settings.recipe).augment
+        loaders = make_loaders(cifar, settings.batch, settings.val_fraction, settings.seed, augment)
         costs = None
         if settings.cost == "latency":
             from parnasc.nas.latency import latency_costs
@@ -335,6 +340,7 @@ class _TrainJob:
     train_images: int | None
     test_images: int | None
     threads: int | None
+    recipe: str
 
 
 def retrain(
@@ -348,6 +354,7 @@ def retrain(
     test_images: int | None = None,
     threads: int | None = None,
     resume: bool = False,
+    recipe: str | None = None,
     progress: Report | None = None,
     log: Log | None = None,
 ) -> TrainResult:
@@ -355,8 +362,12 @@ def retrain(
     (default: the spec's `retrain_epochs`), by default from the searched weights beside it
     (`searched.pt`; refused while that run's search is unfinished); writes `out_dir` (default:
     the spec's directory): train_settings.json, a checkpoint per epoch, train_metrics.jsonl
-    and last model.pt. `resume=True` continues the training there with its recorded data and
-    settings (`epochs` may extend it); a complete one returns `up_to_date=True`."""
+    and last model.pt. `recipe` is the training recipe (`default`: the best measured;
+    `paper`: the paper's SGD at lr 0.0001, constant, no augmentation). `resume=True`
+    continues the training there with its recorded data and settings (`epochs` may extend
+    it); a complete one returns `up_to_date=True`."""
+    if recipe is not None and recipe not in RECIPES:
+        raise OptionError(f"--recipe {recipe}: expected one of {', '.join(RECIPES)}")
     c = _compiled(spec)
     if not c.spec.concrete:
         raise OptionError(
@@ -388,18 +399,19 @@ def retrain(
             train_images=train_images,
             test_images=test_images,
             threads=threads,
+            recipe=recipe or "default",
         )
         return _run_training(job, progress, log)
     what = f"training {out}"
     record = read_record(out / "train_settings.json", TrainRecord, "training")
     n_epochs = check_resumed_training(
-        what, record, c.spec, c.where, from_scratch, train_images, test_images, epochs
+        what, record, c.spec, c.where, from_scratch, train_images, test_images, epochs, recipe
     )
     from parnasc.nas.train import trained_accuracy
 
     done = trained_accuracy(out, record)
     if done is not None and n_epochs == record.epochs:
-        return TrainResult(out, done, record.epochs, up_to_date=True)
+        return TrainResult(out, done.plain, record.epochs, done.flip, up_to_date=True)
     if (out / "train_checkpoint.pt").exists():
         from parnasc.nas.train import read_train_checkpoint
 
@@ -415,6 +427,7 @@ def retrain(
         train_images=record.data.train_images,
         test_images=record.data.test_images,
         threads=threads or record.threads,
+        recipe=record.recipe,
     )
     return _run_training(job, progress, log)
 
@@ -456,7 +469,8 @@ def _run_training(job: _TrainJob, progress: Report | None, log: Log | None) -> T
     recorded = None if job.record is None else job.record.data
     cifar, rec = _data(what, recorded, job.data, job.train_images, job.test_images, settings, log)
     with torch_threads(job.threads) as n_threads:  # after every check
-        train, test = retrain_loaders(cifar, settings.batch, settings.seed)
+        how = recipe(job.recipe)
+        train, test = retrain_loaders(cifar, settings.batch, settings.seed, how.augment)
         record = TrainRecord(
             format=RECORD_FORMAT,
             parnasc=__version__,
@@ -467,12 +481,14 @@ def _run_training(job: _TrainJob, progress: Report | None, log: Log | None) -> T
             epochs=job.epochs,
             data=rec,
             threads=n_threads,
+            recipe=cast(Literal["default", "paper"], job.recipe),  # checked by retrain()
         )
         meta = {
             "spec": str(job.compiled.where),
             "spec_hash": s.spec_hash,
             "init": job.init,
             "epochs": job.epochs,
+            "recipe": job.recipe,
         }
         acc = run_retrain(
             net,
@@ -486,8 +502,9 @@ def _run_training(job: _TrainJob, progress: Report | None, log: Log | None) -> T
             progress,
             resume,
             record,
+            how,
         )
-    return TrainResult(out, acc, job.epochs)
+    return TrainResult(out, acc.plain, job.epochs, acc.flip)
 
 
 # --- emit, run, bench -------------------------------------------------------------------------

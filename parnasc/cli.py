@@ -230,6 +230,14 @@ def search_cmd(
     ] = None,
     batch: Annotated[int | None, typer.Option("--batch", help="batch size [spec]")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="random seed [spec]")] = None,
+    tau: Annotated[
+        float | None,
+        typer.Option("--tau", help="architecture softmax temperature at the start [spec]"),
+    ] = None,
+    tau_end: Annotated[
+        float | None,
+        typer.Option("--tau-end", help="... at the end, annealed geometrically [spec]"),
+    ] = None,
     train_images: TrainImagesOpt = None,
     test_images: TestImagesOpt = None,
     threads: ThreadsOpt = None,
@@ -273,7 +281,8 @@ def search_cmd(
             target, run_dir=run_dir, resume=resume is not None, data=data, cores=cores,
             recipe=recipe, alpha=alpha, beta=beta, cost=cost, mode=mode, epochs=epochs,
             warmup=warmup, batch=batch, seed=seed, train_images=train_images,
-            test_images=test_images, threads=threads, progress=live, log=_err,
+            test_images=test_images, threads=threads, tau=tau, tau_end=tau_end,
+            progress=live, log=_err,
         )  # fmt: skip
     if result.up_to_date:
         n = result.settings.epochs
@@ -306,6 +315,10 @@ def train_cmd(
     train_images: TrainImagesOpt = None,
     test_images: TestImagesOpt = None,
     threads: ThreadsOpt = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option("--recipe", help="training recipe: default or paper [default]"),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="output directory [the spec's directory]")
     ] = None,
@@ -329,7 +342,7 @@ def train_cmd(
         result = api.retrain(
             spec, data=data, out_dir=out, epochs=epochs, from_scratch=from_scratch,
             train_images=train_images, test_images=test_images, threads=threads, resume=resume,
-            progress=live, log=_err,
+            recipe=recipe, progress=live, log=_err,
         )  # fmt: skip
     if result.up_to_date:
         print(
@@ -338,7 +351,8 @@ def train_cmd(
         )
         return
     _remember(run=result.out_dir)
-    print(f"test accuracy {result.test_acc:.2%}  (wrote {result.model})")
+    tta = "" if result.test_acc_tta is None else f", {result.test_acc_tta:.2%} with flip TTA"
+    print(f"test accuracy {result.test_acc:.2%}{tta}  (wrote {result.model})")
 
 
 @app.command()

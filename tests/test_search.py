@@ -372,6 +372,7 @@ def test_resume_of_a_complete_run_changes_nothing(
         (["--seed", "1"], "--seed 1: cannot change a setting"),
         (["--mode", "alternate"], "(recorded joint)"),
         (["--recipe", "paper"], "(recorded default)"),
+        (["--tau-end", "0.1"], "--tau-end 0.1: cannot change a setting"),
         (
             ["--epochs", "2"],
             "--epochs 2: cannot change a setting of the resumed run {run} "
@@ -662,10 +663,10 @@ def test_train_resume_keeps_its_settings(
     # A new training with the same settings, killed before its end, has another run_id: the
     # model.pt the last one left does not pass for its result, so --resume continues it.
     from parnasc.nas.runs import TrainRecord, read_record
-    from parnasc.nas.train import trained_accuracy
+    from parnasc.nas.train import Accuracy, trained_accuracy
 
     record = read_record(run / "train_settings.json", TrainRecord, "training")
-    assert trained_accuracy(run, record) == meta["test_acc"]
+    assert trained_accuracy(run, record) == Accuracy(meta["test_acc"], meta["test_acc_tta"])
     assert trained_accuracy(run, record.model_copy(update={"run_id": "started later"})) is None
 
 
@@ -697,7 +698,9 @@ def test_resume_is_exact_in_both_modes(tmp_path: Path, mode: str, one_thread: No
     from parnasc.nas.search import search
 
     spec, ir = compile_source(SMALL, "small.pnas")
-    settings = Settings.from_spec(spec.search, 2, mode=mode, epochs=3, warmup=1, batch=16)
+    settings = Settings.from_spec(
+        spec.search, 2, mode=mode, epochs=3, warmup=1, batch=16, tau=1.0, tau_end=0.1
+    )  # an annealed temperature: a resume must take it up where the run stopped
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (112, 3, 32, 32), dtype=np.uint8)
     y = rng.integers(0, 10, 112)

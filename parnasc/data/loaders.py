@@ -49,21 +49,33 @@ class Loaders:
     test: Loader
 
 
-def make_loaders(cifar: Cifar, batch: int, val_fraction: float, seed: int) -> Loaders:
-    """Split the training images (stratified, by `seed`) and build the three loaders."""
+def make_loaders(
+    cifar: Cifar, batch: int, val_fraction: float, seed: int, augment: bool = True
+) -> Loaders:
+    """Split the training images (stratified, by `seed`) and build the three loaders;
+    `augment` crops and flips the training batches."""
     (xt, yt), (xv, yv) = split_train(cifar.train_x, cifar.train_y, val_fraction, seed)
     return Loaders(
-        train=Loader(xt, yt, batch, shuffle=True, augment=True, seed=seed, drop_last=True),
+        train=Loader(xt, yt, batch, shuffle=True, augment=augment, seed=seed, drop_last=True),
         val=Loader(xv, yv, batch, shuffle=True, augment=False, seed=seed + 1),
         test=Loader(cifar.test_x, cifar.test_y, TEST_BATCH, shuffle=False, augment=False, seed=0),
     )
 
 
-def retrain_loaders(cifar: Cifar, batch: int, seed: int) -> tuple[Loader, Loader]:
-    """Batches for retraining a derived network: every training image (shuffled, augmented,
-    whole batches; the held-out split belongs to the search alone) and the test images."""
+def retrain_loaders(
+    cifar: Cifar, batch: int, seed: int, augment: bool = True
+) -> tuple[Loader, Loader]:
+    """Batches for retraining a derived network: every training image (shuffled, whole
+    batches, cropped and flipped with `augment`; the held-out split belongs to the search
+    alone) and the test images."""
     train = Loader(
-        cifar.train_x, cifar.train_y, batch, shuffle=True, augment=True, seed=seed, drop_last=True
+        cifar.train_x,
+        cifar.train_y,
+        batch,
+        shuffle=True,
+        augment=augment,
+        seed=seed,
+        drop_last=True,
     )
     test = Loader(cifar.test_x, cifar.test_y, TEST_BATCH, shuffle=False, augment=False, seed=0)
     return train, test

@@ -38,6 +38,12 @@ def _size(n: int) -> str:
     return f"{n}B"
 
 
+def _tau(settings: dict[str, Any]) -> str:
+    """The temperature schedule in the header, where the search annealed one."""
+    tau, end = settings.get("tau", 1.0), settings.get("tau_end", 1.0)
+    return "" if tau == end == 1.0 else f" tau={tau}->{end}"
+
+
 def concrete_spec_text(
     ir: IR, source: Spec, probs: dict[str, list[float]], settings: dict[str, Any]
 ) -> str:
@@ -47,7 +53,7 @@ def concrete_spec_text(
         f"# Derived by parnasc {__version__} from {source.file}",
         f"# source spec sha256 {source.spec_hash}",
         f"# search: alpha={s['alpha']} beta={s['beta']} cost={s['cost']} epochs={s['epochs']}"
-        f" warmup={s['warmup']} mode={s['mode']} seed={s['seed']} cores={s['cores']}",
+        f" warmup={s['warmup']} mode={s['mode']} seed={s['seed']} cores={s['cores']}" + _tau(s),
         *([f"# decisions: {summary(probs)}"] if probs else []),
         f"model {source.name}",
         "input " + "x".join(map(str, source.input)),

@@ -14,13 +14,43 @@ COSTS = ("flops", "latency")
 MODES = ("joint", "alternate")
 
 # The paper's settings: plain SGD, lr 1e-4 for the weights and 0.1 for the decision variables,
-# no warm-up, joint steps.
+# no warm-up, joint steps, the plain softmax.
 PAPER_RECIPE: dict[str, Any] = {
     "weights": {"name": "sgd", "lr": 1e-4, "momentum": 0.0, "wd": 0.0, "nesterov": 0},
     "arch": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "wd": 0.0, "nesterov": 0},
     "warmup": 0,
     "mode": "joint",
+    "tau": 1.0,
+    "tau_end": 1.0,
 }
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the weights are trained: in the search (`schedule`, `augment`) and in retraining
+    (all fields)."""
+
+    schedule: str  # "cosine" (from the optimizer's lr to 0 over the run) or "constant"
+    augment: bool  # random 32-crop of the 4-padded image + horizontal flip, per batch
+    label_smoothing: float  # of retraining's cross entropy
+    ema: float | None  # retraining: decay per step of the weight average evaluated and kept
+    decay_norms: bool  # weight decay on batch-norm and bias parameters too
+    weights: dict[str, Any] | None = None  # retraining's optimizer (None: the spec's)
+
+
+TRAIN_RECIPES: dict[str, Recipe] = {
+    # The best measured on the full data (docs/search.md, "Training recipe").
+    "default": Recipe("cosine", True, 0.1, 0.999, False),
+    # The paper's: SGD at a constant lr 0.0001, no augmentation, nothing else it does not state.
+    "paper": Recipe("constant", False, 0.0, None, True, weights=PAPER_RECIPE["weights"]),
+}
+
+
+def recipe(name: str) -> Recipe:
+    """The recipe `name` (`default` or `paper`)."""
+    if name not in TRAIN_RECIPES:
+        raise OptionError(f"--recipe {name}: expected one of {', '.join(RECIPES)}")
+    return TRAIN_RECIPES[name]
 
 
 @dataclass(frozen=True)
@@ -41,6 +71,14 @@ class Settings:
     arch: dict[str, Any]
     n_train: int | None = None
     recipe: str = "default"
+    tau: float = 1.0  # softmax temperature of the architecture at the first search step
+    tau_end: float = 1.0  # ... and at the last (annealed geometrically in between)
+
+    def temperature(self, progress: float) -> float:
+        """The architecture's softmax temperature at `progress` in [0, 1] of the search
+        epochs (after the warm-up): geometric from `tau` to `tau_end`."""
+        p = min(1.0, max(0.0, progress))
+        return float(self.tau * (self.tau_end / self.tau) ** p)
 
     @classmethod
     def from_spec(cls, s: SearchSpec, cores: int, **overrides: Any) -> Settings:
@@ -58,6 +96,8 @@ class Settings:
             "cores": cores,
             "weights": s.weights.model_dump(),
             "arch": s.arch.model_dump(),
+            "tau": s.tau,
+            "tau_end": s.tau_end,
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
@@ -79,6 +119,8 @@ class SearchOptions:
     batch: int | None = None
     seed: int | None = None
     train_images: int | None = None
+    tau: float | None = None
+    tau_end: float | None = None
 
     def check(self) -> None:
         """Refuse values no run can take (a word outside its choices, fewer than one core)."""
@@ -131,8 +173,11 @@ __all__ = [
     "MODES",
     "PAPER_RECIPE",
     "RECIPES",
+    "TRAIN_RECIPES",
+    "Recipe",
     "SearchOptions",
     "Settings",
     "make_settings",
+    "recipe",
     "validate",
 ]

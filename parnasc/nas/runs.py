@@ -90,6 +90,8 @@ class _SettingsRecord(BaseModel):
     arch: OptimSpec
     n_train: int | None = Field(ge=20)
     recipe: Literal["default", "paper"]
+    tau: float = Field(default=1.0, gt=0)  # absent from records of runs before annealing
+    tau_end: float = Field(default=1.0, gt=0)
 
 
 assert set(_SettingsRecord.model_fields) == {f.name for f in fields(Settings)}
@@ -127,6 +129,7 @@ class TrainRecord(BaseModel):
     epochs: int = Field(ge=0)
     data: DataRecord
     threads: int = Field(ge=1)  # the default of a resume (thread counts change float sums)
+    recipe: Literal["default", "paper"] = "default"  # the training recipe
 
     def identity(self) -> dict[str, Any]:
         """Which training (and how long) a `model.pt` is the result of: a model left by an
@@ -243,6 +246,7 @@ class TrainResult:
     out_dir: Path
     test_acc: float  # on the test split, in [0, 1]
     epochs: int
+    test_acc_tta: float | None = None  # the same with flip test-time augmentation
     up_to_date: bool = False  # a resume found the training complete already; nothing ran
 
     @property
@@ -318,6 +322,8 @@ def check_resumed_search(
             ("--warmup", options.warmup, old.warmup),
             ("--batch", options.batch, old.batch),
             ("--seed", options.seed, old.seed),
+            ("--tau", options.tau, old.tau),
+            ("--tau-end", options.tau_end, old.tau_end),
             ("--train-images", options.train_images, old.n_train),
             ("--test-images", test_images, record.data.test_images if record.data else None),
         ],
@@ -401,6 +407,7 @@ def check_resumed_training(
     train_images: int | None,
     test_images: int | None,
     epochs: int | None,
+    recipe: str | None = None,
 ) -> int:
     """Refuse a resumed training of another spec or with other settings; returns its epochs
     (extended)."""
@@ -419,6 +426,7 @@ def check_resumed_training(
         [
             ("--train-images", train_images, record.data.train_images),
             ("--test-images", test_images, record.data.test_images),
+            ("--recipe", recipe, record.recipe),
         ],
     )
     return extended(what, epochs, record.epochs, "training")

@@ -25,7 +25,7 @@ from parnasc.ir.to_pnas import concrete_spec_text
 from parnasc.lang.spec import OptimSpec, Spec
 from parnasc.nas.loss import CostModel, flops_costs, total_loss
 from parnasc.nas.lower import Net, arch_choices, lower
-from parnasc.nas.recipes import Settings
+from parnasc.nas.recipes import Settings, recipe
 from parnasc.nas.runs import RECORD_FORMAT, DataRecord, SearchResult
 from parnasc.nas.train import (
     JsonLog,
@@ -33,13 +33,13 @@ from parnasc.nas.train import (
     Report,
     atomic_save,
     atomic_text,
-    cosine_lr,
     epoch_seed,
     evaluate,
     load_checkpoint,
     load_state,
     make_optimizer,
     remove_temporaries,
+    set_lr,
 )
 from parnasc.nas.transfer import transfer_weights
 from parnasc.version import __version__
@@ -215,6 +215,7 @@ def search(
     for epoch in range(start + 1, settings.epochs + 1):
         t0 = time.perf_counter()
         phase, means = _epoch(net, w_opt, a_opt, train, val, costs, settings, epoch, report)
+        net.temperature = _temperature_after(settings, epoch)
         probs = {k: [round(v, 6) for v in p.tolist()] for k, p in net.probabilities().items()}
         row = {
             "epoch": epoch,
@@ -228,6 +229,7 @@ def search(
         arch_log.append(
             {
                 "epoch": epoch,
+                "temperature": round(net.temperature, 6),
                 "probabilities": probs,
                 "margin": {k: round(d.margin, 6) for k, d in ds.items()},
                 "entropy": {k: round(d.entropy, 6) for k, d in ds.items()},
@@ -238,7 +240,15 @@ def search(
         atomic_save({**state, "a_opt": a_opt.state_dict(), "meta": meta}, ck_path)
         if report:
             report("epoch-end", epoch, len(train), {**row, "arch": probs, "labels": net.choices})
+    net.temperature = _temperature_after(settings, settings.epochs)
     return _finish(spec, ir, settings, net, val, costs, run_dir, meta)
+
+
+def _temperature_after(settings: Settings, epoch: int) -> float:
+    """The temperature at the end of `epoch` (of the last search step so far): the one the
+    logged and derived probabilities use."""
+    done = max(0, epoch - settings.warmup)
+    return settings.temperature(done / max(1, settings.epochs - settings.warmup))
 
 
 def _run_record(
@@ -276,10 +286,14 @@ def _epoch(
     val_iter = _cycle(val)  # per epoch, so a resumed run draws the same held-out batches
     phase = "search" if epoch > settings.warmup else "warmup"
     total = settings.epochs * len(train)
+    searched = (settings.epochs - settings.warmup) * len(train)
+    schedule = recipe(settings.recipe).schedule
     net.train()
     meter = Meter()
     for i, (x, y) in enumerate(train):
-        cosine_lr(w_opt, settings.weights["lr"], (epoch - 1) * len(train) + i, total)
+        set_lr(w_opt, schedule, settings.weights["lr"], (epoch - 1) * len(train) + i, total)
+        done = (epoch - settings.warmup - 1) * len(train) + i + 1  # search steps after this
+        net.temperature = settings.temperature(done / max(1, searched))
         if phase == "search" and settings.mode == "alternate":
             xv, yv = next(val_iter)
             loss, _ = total_loss(

@@ -3,10 +3,11 @@ second training: the concrete network, starting from the weights reached in the 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from parnasc.files import write_text as atomic_text
 from parnasc.ir.frontend import compile_file
 from parnasc.lang.spec import OptimSpec, Spec
 from parnasc.nas.lower import Net, lower
+from parnasc.nas.recipes import TRAIN_RECIPES, Recipe
 from parnasc.nas.runs import TrainRecord, one_line
 from parnasc.version import __version__
 
@@ -40,7 +42,9 @@ def torch_threads(n: int | None) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
-def make_optimizer(params: list[nn.Parameter], o: OptimSpec) -> torch.optim.Optimizer:
+def make_optimizer(params: Iterable[Any], o: OptimSpec) -> torch.optim.Optimizer:
+    """The optimizer `o` over `params` (parameters, or param groups that may set their own
+    `weight_decay`)."""
     if o.name == "sgd":
         return torch.optim.SGD(
             params, lr=o.lr, momentum=o.momentum, weight_decay=o.wd, nesterov=bool(o.nesterov)
@@ -49,20 +53,72 @@ def make_optimizer(params: list[nn.Parameter], o: OptimSpec) -> torch.optim.Opti
     return cls(params, lr=o.lr, betas=(0.5, 0.999), weight_decay=o.wd)
 
 
-def cosine_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int) -> None:
-    """Cosine decay from `base` to 0 over `total` steps (set before each step)."""
-    lr = 0.5 * base * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+def param_groups(net: nn.Module, wd: float, decay_norms: bool) -> list[dict[str, Any]]:
+    """The weights of `net` in optimizer groups: with `decay_norms` False, batch-norm and bias
+    parameters (one-dimensional ones) are kept out of weight decay."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    if decay_norms:
+        return [{"params": params, "weight_decay": wd}]
+    return [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": wd},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+
+
+def set_lr(opt: torch.optim.Optimizer, schedule: str, base: float, step: int, total: int) -> None:
+    """Set the learning rate before step `step` of `total`: `constant` keeps `base`, `cosine`
+    decays from `base` to 0."""
+    lr = base
+    if schedule == "cosine":
+        lr = 0.5 * base * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
     for g in opt.param_groups:
         g["lr"] = lr
 
 
+class WeightAverage:
+    """An exponential moving average of a network's parameters and buffers (batch-norm
+    statistics included), evaluated and kept instead of the last weights. The decay ramps up
+    as (1 + t) / (10 + t) over the first steps, so early weights fade fast."""
+
+    def __init__(self, net: nn.Module, decay: float) -> None:
+        self.net = copy.deepcopy(net)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        self.steps = 0
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        self.steps += 1
+        w = 1 - min(self.decay, (1 + self.steps) / (10 + self.steps))
+        torch._foreach_lerp_(list(self.net.parameters()), list(net.parameters()), w)
+        for mine, theirs in zip(self.net.buffers(), net.buffers(), strict=True):
+            if mine.is_floating_point():
+                mine.lerp_(theirs, w)
+            else:
+                mine.copy_(theirs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.steps = int(state["steps"])
+
+
 @torch.no_grad()
-def evaluate(net: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Top-1 accuracy in [0, 1]."""
+def evaluate(
+    net: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], flip: bool = False
+) -> float:
+    """Top-1 accuracy in [0, 1]; `flip` averages the logits of each image and its mirror
+    image (test-time augmentation)."""
     net.eval()
     correct = total = 0
     for x, y in batches:
-        correct += int((net(x).argmax(1) == y).sum())
+        logits = net(x)
+        if flip:
+            logits = logits + net(x.flip(3))
+        correct += int((logits.argmax(1) == y).sum())
         total += len(y)
     return correct / max(1, total)
 
@@ -202,7 +258,7 @@ def read_train_checkpoint(out_dir: Path, epochs: int) -> dict[str, Any]:
     return ck
 
 
-def trained_accuracy(out_dir: Path, record: TrainRecord) -> float | None:
+def trained_accuracy(out_dir: Path, record: TrainRecord) -> Accuracy | None:
     """The test accuracy of `out_dir/model.pt` if it is the result of the recorded training."""
     model = out_dir / "model.pt"
     if not model.exists():
@@ -210,8 +266,18 @@ def trained_accuracy(out_dir: Path, record: TrainRecord) -> float | None:
     meta = load_checkpoint(model, ("net", "meta"))["meta"]
     if not isinstance(meta, dict) or meta.get("training") != record.identity():
         return None
-    acc = meta.get("test_acc")
-    return float(acc) if isinstance(acc, int | float) else None
+    acc, tta = meta.get("test_acc"), meta.get("test_acc_tta")
+    if not isinstance(acc, int | float):
+        return None
+    return Accuracy(float(acc), float(tta) if isinstance(tta, int | float) else None)
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Test accuracy of a trained network, plain and with flip test-time augmentation."""
+
+    plain: float
+    flip: float | None = None
 
 
 def retrain(
@@ -226,8 +292,11 @@ def retrain(
     report: Report | None = None,
     resume: bool = False,
     record: TrainRecord | None = None,
-) -> float:
-    """Train a concrete network for `epochs`, checkpointing every epoch; returns test accuracy.
+    recipe: Recipe = TRAIN_RECIPES["default"],
+) -> Accuracy:
+    """Train a concrete network for `epochs` with `recipe` (its optimizer when it names one,
+    else `optim`), checkpointing every epoch; returns the test accuracy of the network kept
+    (the weight average when the recipe keeps one).
 
     `resume` continues from `train_checkpoint.pt` when there is one. A new training first
     removes the old checkpoint and log, then writes `record` (`train_settings.json`); the
@@ -235,12 +304,18 @@ def retrain(
     ck_path = out_dir / "train_checkpoint.pt"
     log = JsonLog(out_dir / "train_metrics.jsonl")
     remove_temporaries(out_dir, TRAIN_OUTPUTS)
-    opt = make_optimizer(list(net.parameters()), optim)
+    if recipe.weights is not None:
+        optim = OptimSpec.model_validate(recipe.weights)
+    opt = make_optimizer(param_groups(net, optim.wd, recipe.decay_norms), optim)
+    average = WeightAverage(net, recipe.ema) if recipe.ema is not None else None
+    kept = net if average is None else average.net
     start = 0
     if resume and ck_path.exists():
         ck = read_train_checkpoint(out_dir, epochs)
         load_state(net, ck["net"], ck_path, "the network of the spec")
         load_state(opt, ck["opt"], ck_path, "the optimizer of the spec")
+        if average is not None:
+            load_state(average, ck.get("ema"), ck_path, "the weight average of the recipe")
         start = ck["epoch"]
         log.truncate_after(start)
     else:
@@ -257,25 +332,32 @@ def retrain(
         net.train()
         meter = Meter()
         for i, (x, y) in enumerate(train):
-            cosine_lr(opt, optim.lr, (epoch - 1) * len(train) + i, total)
+            set_lr(opt, recipe.schedule, optim.lr, (epoch - 1) * len(train) + i, total)
             logits = net(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if average is not None:
+                average.update(net)
             meter.add(logits, y, {"ce": loss.detach().item()})
             if report:
                 report("train", epoch, i + 1, meter.means())
-        row = {"epoch": epoch, **meter.means(), "test_acc": evaluate(net, iter(test))}
+        row = {"epoch": epoch, **meter.means(), "test_acc": evaluate(kept, iter(test))}
         log.append(row)
-        atomic_save({"epoch": epoch, "net": net.state_dict(), "opt": opt.state_dict()}, ck_path)
+        state = {"epoch": epoch, "net": net.state_dict(), "opt": opt.state_dict()}
+        if average is not None:
+            state["ema"] = average.state_dict()
+        atomic_save(state, ck_path)
         if report:
             report("train-end", epoch, len(train), row)
-    acc = evaluate(net, iter(test))
-    meta = {"parnasc": __version__, **settings, "test_acc": acc}
+    acc = Accuracy(evaluate(kept, iter(test)), evaluate(kept, iter(test), flip=True))
+    meta = {"parnasc": __version__, **settings, "test_acc": acc.plain, "test_acc_tta": acc.flip}
+    if average is not None:
+        meta["test_acc_last_weights"] = evaluate(net, iter(test))
     if record is not None:
         meta["training"] = record.identity()
-    atomic_save({"net": net.state_dict(), "meta": meta}, out_dir / "model.pt")
+    atomic_save({"net": kept.state_dict(), "meta": meta}, out_dir / "model.pt")
     return acc
 
 
