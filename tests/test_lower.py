@@ -15,9 +15,13 @@ from parnasc.ir.graph import IR
 from parnasc.ir.passes.prune import prune
 from parnasc.lang.spec import Spec
 from parnasc.nas.lower import MixedOp, Net, lower
-from parnasc.nas.transfer import transfer_weights
+from parnasc.nas.transfer import TransferError, transfer_weights
 
 ROOT = Path(__file__).resolve().parents[1]
+# Equivalence is checked in float64 with atol 1e-5 on logits of magnitude up to ~1e4 (random
+# weights of std 0.3): where the last sync is on, the derived head's fc weight is the sum of
+# the supernet's P column blocks (parnasc.nas.transfer), so the two networks add the same terms
+# in another order; in float32 that alone moves the logits by ~1e-3, in float64 by ~1e-11.
 ATOL = 1e-5
 
 # Sum syncs (one searchable, one searchable after the last level), an always-on concat sync,
@@ -57,6 +61,37 @@ head {
 """
 
 
+# A supernet whose last sync is always on: every derived head is folded, and the supernet keeps
+# its P*C-wide head (canonicalization leaves supernets alone). Three paths, dropout before fc.
+LAST_ON = """
+model last_on
+input 3x8x8
+classes 4
+paths 3
+stem {
+  conv(k=3, out=4)
+}
+level a {
+  out 4
+  ops conv(k=3) | sepconv(k=3) | skip
+}
+sync search concat
+level b {
+  out 8
+  stride 2
+  ops conv(k=3) | conv(k=1)
+}
+sync always concat
+head {
+  merge concat
+  dropout(p=0.1)
+  gap
+  fc(out=6, relu=1)
+  fc(out=classes)
+}
+"""
+
+
 def _cifar() -> tuple[Spec, IR]:
     return compile_file(ROOT / "specs/cifar.pnas")
 
@@ -65,7 +100,11 @@ def _hetero() -> tuple[Spec, IR]:
     return compile_source(HETERO, "hetero.pnas")
 
 
-SPECS = {"cifar": _cifar, "hetero": _hetero}
+def _last_on() -> tuple[Spec, IR]:
+    return compile_source(LAST_ON, "last_on.pnas")
+
+
+SPECS = {"cifar": _cifar, "hetero": _hetero, "last_on": _last_on}
 
 
 def _randomise(net: nn.Module, seed: int) -> None:
@@ -97,9 +136,9 @@ def _random_choices(net: Net, rng: random.Random) -> dict[str, str]:
     return {k: rng.choice(labels) for k, labels in net.choices.items()}
 
 
-def _input(spec: Spec, seed: int) -> torch.Tensor:
+def _input(spec: Spec, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(4, *spec.input, generator=g)
+    x = torch.randn(4, *spec.input, generator=g, dtype=dtype)
     return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -107,11 +146,11 @@ def _input(spec: Spec, seed: int) -> torch.Tensor:
 def test_one_hot_supernet_equals_pruned_model(name: str) -> None:
     spec, ir = SPECS[name]()
     torch.manual_seed(0)
-    supernet = lower(ir)
+    supernet = lower(ir).double()
     assert supernet.is_supernet
     _randomise(supernet, seed=1)
     supernet.eval()
-    x = _input(spec, seed=2)
+    x = _input(spec, seed=2, dtype=torch.float64)
     rng = random.Random(3)
     sets = [
         {k: v[0] for k, v in supernet.choices.items()},
@@ -119,13 +158,15 @@ def test_one_hot_supernet_equals_pruned_model(name: str) -> None:
         *(_random_choices(supernet, rng) for _ in range(6)),
     ]
     outputs = []
+    folded = 0  # architectures whose merge takes the last sync's tensor once
     for choices in sets:
         _set_one_hot(supernet, choices)
         concrete_ir = prune(ir, choices)
-        concrete = lower(concrete_ir)
+        concrete = lower(concrete_ir).double()
         assert not concrete.is_supernet
         transfer_weights(concrete, supernet, choices)
         concrete.eval()
+        folded += concrete.merge.inputs < supernet.merge.inputs
         with torch.no_grad():
             want = concrete(x)
             got = supernet(x)
@@ -136,6 +177,10 @@ def test_one_hot_supernet_equals_pruned_model(name: str) -> None:
         outputs.append(want)
     # The check is sensitive: different architectures compute different functions.
     assert any(not torch.allclose(outputs[0], o, atol=1e-3) for o in outputs[1:])
+    # cifar: the last sync is on in some sets (a folded head) and off in others; hetero's last
+    # merge is a sum, which the canonical form keeps; last_on's last sync is always on.
+    want = {"cifar": range(1, len(sets)), "hetero": [0], "last_on": [len(sets)]}[name]
+    assert folded in want
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -183,6 +228,25 @@ def test_parameter_counts_match_ir(name: str) -> None:
             if n.kind not in ("input", "output")
         )
         assert sum(p.numel() for p in concrete.parameters()) == ir_params
+
+
+@pytest.mark.parametrize(
+    ("head", "message"),
+    [
+        (nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(8)), "cannot fold"),
+        (nn.Sequential(nn.Softmax(dim=1), nn.AdaptiveAvgPool2d(1)), "not channel-wise"),
+        (nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), "no fc layer"),
+    ],
+)
+def test_transfer_refuses_a_head_it_cannot_fold(head: nn.Module, message: str) -> None:
+    """The merge's copies fold only into an fc reached through channel-wise modules."""
+    _, ir = _last_on()
+    supernet = lower(ir)
+    choices = {k: v[0] for k, v in supernet.choices.items()}
+    concrete = lower(prune(ir, choices))
+    concrete.head = head
+    with pytest.raises(TransferError, match=message):
+        transfer_weights(concrete, supernet, choices)
 
 
 def test_mixed_op_is_weighted_sum() -> None:

@@ -163,6 +163,16 @@ class IR:
             key += 1
         keys[key] = {"port": port, "role": role}
 
+    def remove_edge(self, src: str, dst: str, port: int, role: Role = "data") -> None:
+        """Remove the edge `src` -> `dst` with that port and role (KeyError if there is none)."""
+        keys = self._succ[src][dst]
+        key = next((k for k, d in keys.items() if d["port"] == port and d["role"] == role), None)
+        if key is None:
+            raise KeyError(f"no {role} edge {src} -> {dst} at port {port}")
+        del keys[key]  # the dict networkx shares between _succ[src] and _pred[dst]
+        if not keys:
+            del self._succ[src][dst], self._pred[dst][src]
+
     # -- access ----------------------------------------------------------------------------
 
     def node(self, nid: str) -> Node:
@@ -216,6 +226,10 @@ class IR:
     def data_inputs(self, nid: str) -> list[str]:
         """Predecessors through data edges, by port."""
         return [u for u, _, role in self.edges(nid) if role == "data"]
+
+    def successors(self, nid: str) -> list[str]:
+        """The distinct nodes that edges from `nid` enter, in insertion order."""
+        return list(self._succ[nid])
 
     def out_degree(self, nid: str) -> int:
         """Number of edges leaving `nid`."""

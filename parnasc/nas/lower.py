@@ -26,6 +26,7 @@ class Combine(nn.Module):
     def __init__(self, kind: str, paths: int, channels: int, reduce: bool) -> None:
         super().__init__()
         self.kind = kind
+        self.inputs = paths  # a canonical merge (one IR input) takes the first of its P tensors
         self.reduce: nn.Module | None = None
         if kind == "concat" and reduce:
             self.reduce = nn.Sequential(
@@ -35,6 +36,7 @@ class Combine(nn.Module):
             )
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        xs = xs[: self.inputs]
         if self.kind == "sum":
             out = xs[0]
             for x in xs[1:]:
@@ -121,7 +123,7 @@ class Net(nn.Module):
             self.search_sync[lv] = s.mode == "search"
         m = ir.node("merge")
         assert m.combiner is not None and m.out_shape is not None
-        self.merge = Combine(m.combiner, ir.paths, m.out_shape[0], reduce=False)
+        self.merge = Combine(m.combiner, len(ir.data_inputs(m.id)), m.out_shape[0], reduce=False)
 
     @property
     def is_supernet(self) -> bool:

@@ -1,7 +1,8 @@
 """Pruning: keep one candidate per block and decide every searchable sync site.
 
 `choices` maps `<level>:p<k>` to a candidate label and `<level>:sync` to the combiner (kept)
-or "none" (removed: each path's block then feeds its next block directly).
+or "none" (removed: each path's block then feeds its next block directly). The result is
+canonicalized (parnasc.ir.passes.canonicalize), as a concrete spec's compiled IR is.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import copy
 
 from parnasc.ir.graph import IR
+from parnasc.ir.passes.canonicalize import canonicalize
 
 
 class PruneError(ValueError):
@@ -16,7 +18,7 @@ class PruneError(ValueError):
 
 
 def prune(ir: IR, choices: dict[str, str]) -> IR:
-    """A concrete IR: the chosen candidate in each block; syncs fixed or removed."""
+    """A concrete, canonical IR: the chosen candidate in each block; syncs fixed or removed."""
     out = IR(copy.deepcopy(ir.graph), copy.deepcopy(ir.meta))
     g = out.graph
     for n in list(out.nodes()):
@@ -47,4 +49,4 @@ def prune(ir: IR, choices: dict[str, str]) -> IR:
                     g.add_edge(u, v, port=d["port"], role="data")
             else:
                 n.mode = "always"
-    return out
+    return canonicalize(out)

@@ -2,7 +2,8 @@
 
 Checked, in time linear in the graph: every graph key holds a `Node` with that id and no id
 repeats; edges have a role ("data"/"direct") and ports 0..k-1 without gaps; the graph is acyclic;
-each kind has its data arity (input 0, op/block/output 1, sync/merge one per path); blocks name
+each kind has its data arity (input 0, op/block/output 1, sync/merge one per path; a canonical
+merge takes the output of an always-on sync once, parnasc.ir.passes.canonicalize); blocks name
 their level and a path in 1..P; a direct edge bypasses a searchable sync (it leaves a block that
 feeds the sync and enters the sync's consumer at the sync's port), and every searchable sync is
 bypassed once per path; once shapes are inferred they agree along every edge.
@@ -95,11 +96,18 @@ def _check_edge_attributes(ir: IR) -> None:
 def _arity_problems(ir: IR, n: Node, data: list[tuple[str, int]]) -> list[str]:
     """The data inputs a node of its kind takes, on ports 0..k-1."""
     want = _ARITY.get(n.kind, ir.paths)
+    if n.kind == "merge" and len(data) == 1 and _is_always_sync(ir, data[0][0]):
+        want = 1  # the tensor every path carries, taken once
     if len(data) != want:
         return [f"{n.id}: {n.kind} has {len(data)} data inputs, expected {want}"]
     if [port for _, port in data] != list(range(want)):
         return [f"{n.id}: data ports {[port for _, port in data]} are not 0..{want - 1}"]
     return []
+
+
+def _is_always_sync(ir: IR, nid: str) -> bool:
+    n = ir.node(nid)
+    return n.kind == "sync" and n.mode == "always"
 
 
 def _kind_problems(ir: IR, n: Node) -> list[str]:
