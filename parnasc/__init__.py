@@ -13,6 +13,7 @@ nothing heavy, each name loads its module when first used):
     Runtime(model_dir)                              runs an emitted model: .run(x) -> logits
     classify(model_dir, images) -> [Prediction]     image files -> classes, through Runtime
     bench(model_dir) -> BenchResult                 batch-1 latency on every engine
+    diff(old, new) -> SpecDiff                      semantic diff of two specs, cost impact
 
 Long steps take `progress` (phase, epoch, batch, values) and `log` (one-line messages)
 callbacks. Errors a user can fix are `parnasc.errors.UserError`, one line each. The
@@ -40,6 +41,7 @@ _LAZY = {
     "classify": "parnasc.api",
     "compile": "parnasc.api",
     "derive": "parnasc.api",
+    "diff": "parnasc.api",
     "emit": "parnasc.api",
     "retrain": "parnasc.api",
     "search": "parnasc.api",
@@ -57,6 +59,7 @@ if TYPE_CHECKING:  # the names as type checkers and editors see them
     from parnasc.api import classify as classify
     from parnasc.api import compile as compile
     from parnasc.api import derive as derive
+    from parnasc.api import diff as diff
     from parnasc.api import emit as emit
     from parnasc.api import retrain as retrain
     from parnasc.api import search as search

@@ -42,6 +42,7 @@ from parnasc.version import __version__
 
 if TYPE_CHECKING:
     from parnasc.data.cifar import Cifar
+    from parnasc.ir.diff import LatencyLookup, SpecDiff
     from parnasc.ir.graph import IR
     from parnasc.lang.spec import Spec
     from parnasc.nas.train import Report
@@ -687,6 +688,59 @@ def _machine() -> str:
     )
 
 
+# --- diff -------------------------------------------------------------------------------------
+
+
+def diff(
+    old: PathLike | Compiled,
+    new: PathLike | Compiled,
+    *,
+    latency: bool = True,
+    latency_dir: PathLike | None = None,
+) -> SpecDiff:
+    """The semantic diff of two specs (`parnasc.ir.diff`): the changes after resolution
+    (comments and formatting never count) and the cost impact of each side. A side is a
+    compiled spec, a .pnas file, or `REV:PATH` read from git (`git show`; a file of that name
+    wins). `latency` adds the predicted batch-1 latency where a latency table of this machine
+    is cached (`latency_dir`, default `$PARNASC_CACHE/latency`); nothing is measured. Raises
+    PnasError for a bad spec, UserError for a side that cannot be read."""
+    from parnasc.ir.diff import spec_diff
+
+    a, b = _diff_side(old), _diff_side(new)
+    lookup = _latency_lookup(Path(latency_dir) if latency_dir is not None else None)
+    return spec_diff(
+        (a.spec, a.ir),
+        (b.spec, b.ir),
+        old_label=str(a.where),
+        new_label=str(b.where),
+        latency=lookup if latency else None,
+    )
+
+
+def _diff_side(side: PathLike | Compiled) -> Compiled:
+    if isinstance(side, Compiled):
+        return side
+    from parnasc.ir.diff import read_source
+    from parnasc.ir.frontend import compile_bytes
+
+    label, data = read_source(str(side))
+    s, ir = compile_bytes(data, label)
+    return Compiled(s, ir)
+
+
+def _latency_lookup(root: Path | None) -> LatencyLookup:
+    from parnasc.nas.latency_table import find_table, latency_range
+
+    def lookup(ir: IR) -> tuple[str, float, float] | None:
+        found = find_table(ir, root)
+        if found is None:
+            return None
+        file, table = found
+        return (str(file), *latency_range(ir, table))
+
+    return lookup
+
+
 __all__ = [
     "BenchResult",
     "Compiled",
@@ -700,6 +754,7 @@ __all__ = [
     "classify",
     "compile",
     "derive",
+    "diff",
     "emit",
     "retrain",
     "search",

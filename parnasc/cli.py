@@ -120,6 +120,83 @@ def fmt(
         raise typer.Exit(1)
 
 
+@app.command("diff")
+def diff_cmd(
+    files: Annotated[
+        list[str] | None,
+        typer.Argument(help="OLD NEW: .pnas files, or REV:PATH read from git", show_default=False),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the diff as JSON.")] = False,
+) -> None:
+    """Semantic diff of two specs: changed blocks, sync sites, levels, settings, and the cost
+    impact (FLOPs, params, memory per core, latency where measured). Comments and formatting
+    never count. Exit 0: nothing meaningful changed; 1: something did; 2: an error.
+
+    As git's diff driver (7 or 9 arguments from git) it always exits 0.
+
+    Example: parnasc diff HEAD~1:specs/cifar.pnas specs/cifar.pnas
+    """
+    from parnasc.api import diff
+
+    args = files or []
+    git_driver = len(args) in (7, 9)  # path old-file old-hex old-mode new-file new-hex new-mode
+    if git_driver:
+        _git_diff_driver(args, json_out)
+        return
+    if len(args) != 2:
+        _err(f"parnasc: error: diff takes two specs, OLD NEW (got {len(args)})")
+        raise typer.Exit(2)
+    try:
+        result = diff(args[0], args[1])
+    except (PnasError, UserError) as exc:
+        if os.environ.get("PARNASC_DEBUG") == "1":
+            raise
+        _err(str(exc) if isinstance(exc, PnasError) else f"parnasc: error: {exc}")
+        raise typer.Exit(2) from None
+    if json_out:
+        print(json.dumps(result.to_json(), indent=1))
+    else:
+        sys.stdout.write(result.text())
+    raise typer.Exit(1 if result.changed else 0)
+
+
+def _git_diff_driver(args: list[str], json_out: bool) -> None:
+    """`git diff` with `diff.pnas.command parnasc diff`: git passes the path and each side's
+    temporary file, hex and mode. A new, deleted or invalid spec falls back to a line diff;
+    exit 0 always (git stops at an external diff that exits otherwise)."""
+    import difflib
+
+    from parnasc.api import Compiled, diff
+    from parnasc.ir.frontend import compile_bytes
+
+    path, old_file, new_file = args[0], args[1], args[4]
+    new_path = args[7] if len(args) == 9 else path
+    labels = (f"a/{path}", f"b/{new_path}")
+    why = "a new or deleted spec"
+    if "/dev/null" not in (old_file, new_file):
+        try:
+            old, new = (
+                Compiled(*compile_bytes(Path(f).read_bytes(), lab), path=Path(lab))
+                for f, lab in zip((old_file, new_file), labels, strict=True)
+            )
+            result = diff(old, new)
+        except (PnasError, UserError, OSError) as exc:
+            why = str(exc).splitlines()[0]
+        else:
+            if json_out:
+                print(json.dumps(result.to_json(), indent=1))
+            else:
+                sys.stdout.write(result.text())
+            return
+    texts = [
+        Path(f).read_text(encoding="utf-8", errors="replace") if f != "/dev/null" else ""
+        for f in (old_file, new_file)
+    ]
+    print(f"parnasc diff: {why}; showing the lines")
+    a, b = (t.splitlines(keepends=True) for t in texts)
+    sys.stdout.writelines(difflib.unified_diff(a, b, *labels))
+
+
 @app.command("compile")
 def compile_(
     file: Annotated[Path, typer.Argument(help="a .pnas spec", show_default=False)],

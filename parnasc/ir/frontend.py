@@ -12,7 +12,7 @@ from pathlib import Path
 from parnasc.errors import PnasError, Span
 from parnasc.ir import passes
 from parnasc.ir.graph import IR, build, gc_paused
-from parnasc.lang.parse import parse, parse_file
+from parnasc.lang.parse import parse, parse_bytes, parse_file
 from parnasc.lang.spec import Spec, resolve
 from parnasc.lang.syntax import Document
 
@@ -27,6 +27,12 @@ def compile_file(path: str | Path) -> tuple[Spec, IR]:
     """Read and compile a .pnas file."""
     with gc_paused():
         return _lower(parse_file(path))
+
+
+def compile_bytes(data: bytes, file: str = "<input>") -> tuple[Spec, IR]:
+    """Compile the bytes of a .pnas file (e.g. read from git); `file` names it in diagnostics."""
+    with gc_paused():
+        return _lower(parse_bytes(data, file))
 
 
 def _lower(doc: Document) -> tuple[Spec, IR]:

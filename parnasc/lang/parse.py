@@ -273,11 +273,16 @@ def parse_file(path: str | Path) -> S.Document:
         data = Path(path).read_bytes()
     except OSError as exc:  # no text to point into: the one diagnostic without a line
         raise PnasError([Diagnostic(f"cannot read file: {exc.strerror}", str(path))]) from None
+    return parse_bytes(data, str(path))
+
+
+def parse_bytes(data: bytes, file: str = "<input>") -> S.Document:
+    """Parse the bytes of a .pnas file (read from disk or from git) as `parse_file` does."""
     try:
         text = _universal_newlines(data.decode("utf-8-sig"))  # a leading BOM is dropped
     except UnicodeDecodeError as exc:
-        raise _not_utf8(data, exc.start, str(path)) from None
-    return parse(text, str(path))
+        raise _not_utf8(data, exc.start, file) from None
+    return parse(text, file)
 
 
 def _universal_newlines(text: str) -> str:

@@ -19,7 +19,6 @@ machine and an op that occurs several times (e.g. the same candidate on every pa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 import threading
@@ -32,14 +31,17 @@ import torch
 from torch import nn
 
 from parnasc.cpus import cpu_model
-from parnasc.files import cache_dir, write_text
-from parnasc.ir.graph import IR, Node, arch_key
+from parnasc.files import write_text
+from parnasc.ir.graph import IR, arch_key
 from parnasc.lang import ops
+from parnasc.nas.latency_table import PROTOCOL, default_latency_dir
+from parnasc.nas.latency_table import cache_key as _cache_key
+from parnasc.nas.latency_table import item_key as _key
+from parnasc.nas.latency_table import items as _items
 from parnasc.nas.loss import CostModel
 from parnasc.nas.lower import Combine
 from parnasc.timing import median_per_call
 
-PROTOCOL = 1  # bump when the measuring method changes (invalidates caches)
 SAMPLES = 25  # timed samples per op; the median is kept
 SAMPLE_S = 0.002  # target duration of one sample (a loop of calls)
 WARMUP_S = 0.05  # warm-up time per op (at least 3 calls)
@@ -48,30 +50,7 @@ BARRIER_CROSSINGS = 200  # crossings per barrier sample
 Progress = Callable[[str], None]
 
 
-def default_latency_dir() -> Path:
-    return cache_dir() / "latency"
-
-
-# --- what to measure ------------------------------------------------------------------------
-
-
-def _op_item(kind: str, params: dict[str, Any], n: Node) -> dict[str, Any]:
-    assert n.out_shape is not None
-    return {"op": kind, "params": params, "in": list(n.in_shapes[0]), "out": list(n.out_shape)}
-
-
-def _combine_item(n: Node, reduce: bool) -> dict[str, Any]:
-    assert n.out_shape is not None and n.combiner is not None
-    return {
-        "combine": n.combiner,
-        "reduce": reduce and n.combiner == "concat",
-        "in": [list(s) for s in n.in_shapes],
-        "out": list(n.out_shape),
-    }
-
-
-def _key(item: dict[str, Any]) -> str:
-    return json.dumps(item, sort_keys=True, separators=(",", ":"))
+# --- measuring ------------------------------------------------------------------------------
 
 
 def _build(item: dict[str, Any]) -> tuple[nn.Module, list[torch.Tensor], bool]:
@@ -132,32 +111,9 @@ def barrier_seconds(parties: int, samples: int = 9) -> float:
 # --- the cost model ---------------------------------------------------------------------------
 
 
-def _items(ir: IR) -> dict[str, dict[str, Any]]:
-    """Node key (`<node id>` or `<node id>#<candidate index>`) -> measured item."""
-    out: dict[str, dict[str, Any]] = {}
-    for n in ir.nodes():
-        if n.kind in ("op", "block"):
-            for i, c in enumerate(n.candidates):
-                out[f"{n.id}#{i}"] = _op_item(c.kind, dict(c.params), n)
-        elif n.kind == "sync":
-            out[n.id] = _combine_item(n, reduce=True)
-        elif n.kind == "merge":
-            out[n.id] = _combine_item(n, reduce=False)
-    return out
-
-
 def cache_key(items: list[str], paths: int) -> str:
-    blob = json.dumps(
-        {
-            "protocol": PROTOCOL,
-            "cpu": cpu_model(),
-            "torch": torch.__version__,
-            "paths": paths,
-            "items": sorted(set(items)),
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
+    """The table's file name for these item keys on this machine and torch."""
+    return _cache_key(items, paths, torch.__version__)
 
 
 def measure_table(

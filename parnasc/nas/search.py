@@ -21,6 +21,7 @@ from parnasc.errors import UserError
 from parnasc.ir.decisions import decisions
 from parnasc.ir.graph import IR, Node, arch_key
 from parnasc.ir.passes.prune import prune
+from parnasc.ir.resources import memory_per_core
 from parnasc.ir.to_pnas import concrete_spec_text
 from parnasc.lang.spec import OptimSpec, Spec
 from parnasc.nas.loss import CostModel, flops_costs, total_loss
@@ -54,30 +55,6 @@ SEARCH_OUTPUTS = (
     "derived.pnas",
     "result.json",
 )
-
-
-def memory_per_core(ir: IR) -> list[int]:
-    """Bytes each core needs for a concrete IR: float32 parameters of what it runs plus its
-    peak activations (input + output of its largest op). Path k runs on core k; the shared
-    stem, syncs, merge and head run on core 1."""
-    cores = [0] * ir.paths
-    peak = [0] * ir.paths
-    for n in ir.nodes():
-        if n.kind in ("input", "output"):
-            continue
-        c = n.candidate_costs()[0]
-        core = (n.path or 1) - 1
-        cores[core] += 4 * c.params
-        in_bytes = sum(4 * _numel(s) for s in n.in_shapes)
-        peak[core] = max(peak[core], in_bytes + c.act_bytes)
-    return [a + b for a, b in zip(cores, peak, strict=True)]
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for v in shape:
-        n *= v
-    return n
 
 
 def _decisions(ir: IR) -> tuple[dict[str, Node], set[str]]:
