@@ -69,6 +69,26 @@ def test_annealed_search_logs_and_derives_at_the_final_temperature(
         want = torch.softmax(logits.detach() / 0.05, 0).tolist()
         assert result.probabilities[k] == pytest.approx(want, abs=1e-6)
     assert "tau=1.0->0.05" in (tmp_path / "run/derived.pnas").read_text()
+    steps = 4  # architecture steps per search epoch (64 images, batch 16)
+    assert rows[0]["agreement"] == {}  # the warm-up takes none
+    for r in rows[1:]:
+        assert set(r["agreement"]) == set(result.probabilities)
+        assert all(0 <= z <= math.sqrt(steps) + 1e-3 for z in r["agreement"].values())
+
+
+def test_gradient_agreement_separates_a_push_from_noise() -> None:
+    from parnasc.nas.search import GradientAgreement
+
+    net = nn.Module()
+    net.arch = nn.ParameterDict(
+        {"a": nn.Parameter(torch.zeros(2)), "b": nn.Parameter(torch.zeros(2))}
+    )
+    agree = GradientAgreement()
+    for i in range(16):
+        net.arch["a"].grad = torch.tensor([0.3, -0.3])  # the same push every step
+        net.arch["b"].grad = torch.tensor([1.0, -1.0]) * (-1) ** i  # back and forth
+        agree.add(net)  # type: ignore[arg-type]
+    assert agree.values() == {"a": pytest.approx(4.0), "b": pytest.approx(0.0)}
 
 
 def test_paper_recipe_search_is_constant_lr_without_augmentation(

@@ -191,7 +191,7 @@ def search(
         report("start", start, 0, begin)
     for epoch in range(start + 1, settings.epochs + 1):
         t0 = time.perf_counter()
-        phase, means = _epoch(net, w_opt, a_opt, train, val, costs, settings, epoch, report)
+        phase, means, agree = _epoch(net, w_opt, a_opt, train, val, costs, settings, epoch, report)
         net.temperature = _temperature_after(settings, epoch)
         probs = {k: [round(v, 6) for v in p.tolist()] for k, p in net.probabilities().items()}
         row = {
@@ -211,6 +211,7 @@ def search(
                 "margin": {k: round(d.margin, 6) for k, d in ds.items()},
                 "entropy": {k: round(d.entropy, 6) for k, d in ds.items()},
                 "undecided": sum(not d.decided for d in ds.values()),
+                "agreement": agree,
             }
         )
         state = {"epoch": epoch, "net": net.state_dict(), "w_opt": w_opt.state_dict()}
@@ -244,6 +245,38 @@ def _run_record(
     }
 
 
+class GradientAgreement:
+    """How consistently the loss pushes each decision one way over an epoch's architecture
+    steps: for each candidate's logit, |sum of its gradients| / sqrt(sum of their squares),
+    the largest over the decision's candidates. Gradients of random sign give about 1; a
+    gradient of one sign over n steps gives up to sqrt(n). Values well above 2 mean the
+    epoch's data agree on where the decision should go; values near 1, that its logits only
+    random-walk (docs/search.md, "Deciding")."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.squares: dict[str, torch.Tensor] = {}
+
+    def add(self, net: Net) -> None:
+        """Take the architecture gradients of the step about to be made."""
+        for k, p in net.arch.items():
+            if p.grad is None:
+                continue
+            g = p.grad.detach()
+            if k in self.sums:
+                self.sums[k] += g
+                self.squares[k] += g * g
+            else:
+                self.sums[k], self.squares[k] = g.clone(), g * g
+
+    def values(self) -> dict[str, float]:
+        out = {}
+        for k, s in self.sums.items():
+            z = s.abs() / self.squares[k].sqrt().clamp_min(1e-30)
+            out[k] = round(float(z.max()), 3)
+        return out
+
+
 def _epoch(
     net: Net,
     w_opt: torch.optim.Optimizer,
@@ -254,9 +287,10 @@ def _epoch(
     settings: Settings,
     epoch: int,
     report: Report | None,
-) -> tuple[str, dict[str, float]]:
+) -> tuple[str, dict[str, float], dict[str, float]]:
     """One epoch of weight steps (and architecture steps after the warm-up); returns its phase
-    (`warmup` or `search`) and the running means of its batches."""
+    (`warmup` or `search`), the running means of its batches and the gradient agreement of
+    every decision (`GradientAgreement`; empty in a warm-up epoch)."""
     epoch_seed(settings.seed, epoch)
     train.set_epoch(epoch)
     val.set_epoch(epoch)
@@ -267,6 +301,7 @@ def _epoch(
     schedule = recipe(settings.recipe).schedule
     net.train()
     meter = Meter()
+    agreement = GradientAgreement()
     for i, (x, y) in enumerate(train):
         set_lr(w_opt, schedule, settings.weights["lr"], (epoch - 1) * len(train) + i, total)
         done = (epoch - settings.warmup - 1) * len(train) + i + 1  # search steps after this
@@ -278,6 +313,7 @@ def _epoch(
             )
             a_opt.zero_grad(set_to_none=True)
             loss.backward()
+            agreement.add(net)
             a_opt.step()
         logits = net(x)
         probs = net.probabilities()
@@ -287,11 +323,12 @@ def _epoch(
         loss.backward()
         w_opt.step()
         if phase == "search" and settings.mode == "joint":
+            agreement.add(net)
             a_opt.step()
         meter.add(logits, y, parts)
         if report:
             report(phase, epoch, i + 1, meter.means())
-    return phase, meter.means()
+    return phase, meter.means(), agreement.values()
 
 
 def _finish(
