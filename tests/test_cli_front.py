@@ -9,8 +9,8 @@ from pathlib import Path
 RunCli = Callable[..., subprocess.CompletedProcess[str]]  # the `run_cli` fixture (conftest.py)
 ROOT = Path(__file__).resolve().parent.parent
 MESSY = "model m # name\ninput 3x32x32 classes 10\npaths 1\nlevel a { out 8 ops skip|conv(k=3) }\n"
-CANONICAL = (
-    "model m  # name\ninput 3x32x32\nclasses 10\npaths 1\n"
+CANONICAL = (  # fmt writes the language version first
+    "pnas 1\nmodel m  # name\ninput 3x32x32\nclasses 10\npaths 1\n"
     "level a {\n  out 8\n  ops skip | conv(k=3)\n}\n"
 )
 

@@ -55,7 +55,8 @@ def test_parse_cifar() -> None:
     assert kinds.count("Level") == 4 and kinds.count("Sync") == 4
     assert doc.file == str(CIFAR)
     assert all(c.text.startswith("#") for c in doc.comments)
-    assert doc.comments[0].own_line and doc.comments[0].line == 1
+    assert doc.version is not None and doc.version.number == 1  # `pnas 1`, line 1
+    assert doc.comments[0].own_line and doc.comments[0].line == 2
 
 
 def test_sync_without_combiner() -> None:

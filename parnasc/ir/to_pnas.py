@@ -10,6 +10,7 @@ from parnasc.ir.graph import IR
 from parnasc.lang.fmt import fmt_number, format_document
 from parnasc.lang.parse import parse
 from parnasc.lang.spec import OptimSpec, Spec
+from parnasc.lang.versions import version_line
 from parnasc.version import __version__
 
 
@@ -50,6 +51,7 @@ def concrete_spec_text(
     """The canonical text of the concrete architecture in `ir` (pruned from `source`)."""
     s = settings
     out = [
+        version_line(),  # the language version the text is written in
         f"# Derived by parnasc {__version__} from {source.file}",
         f"# source spec sha256 {source.spec_hash}",
         f"# search: alpha={s['alpha']} beta={s['beta']} cost={s['cost']} epochs={s['epochs']}"

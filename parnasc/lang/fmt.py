@@ -39,6 +39,7 @@ from parnasc.lang.syntax import (
     Target,
     Value,
 )
+from parnasc.lang.versions import CURRENT, version_line
 
 INDENT = "  "
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
@@ -174,11 +175,19 @@ class _Unit:
 
 
 def format_document(doc: Document) -> str:
-    """Canonical text of `doc`, comments kept in place."""
+    """Canonical text of `doc`, comments kept in place. The version line comes first: the one
+    the file states where it states it (comments may stand above it), else `pnas <current
+    version>` as the file's first line; a file without statements gets none."""
+    version = version_line(doc.version.number if doc.version else CURRENT)
     if not doc.comments and not doc.source:
-        return canonical_text(doc.stmts)
+        return version + "\n" + canonical_text(doc.stmts) if doc.stmts else ""
     units = [_Unit(_line(st) or 0, _end(st) or 0, _stmt_lines(st)) for st in doc.stmts]
+    if doc.version is not None:  # where the file has it (first: the grammar says so)
+        at = _line(doc.version) or 0
+        units.insert(0, _Unit(at, at, [_Line(0, version, at)]))
     stmt_units = list(units)
+    if doc.version is None and units:  # the first line of the file
+        units.insert(0, _Unit(0, 0, [_Line(0, version, None)]))
     for c in doc.comments:
         home = _home(stmt_units, c)
         if home is None:  # an own-line comment between statements

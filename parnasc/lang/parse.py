@@ -20,6 +20,7 @@ from lark.exceptions import UnexpectedInput
 from parnasc.errors import Collector, Diagnostic, PnasError, Span
 from parnasc.files import cache_dir
 from parnasc.lang import syntax as S
+from parnasc.lang import versions
 from parnasc.lang.limits import MAX_DIGITS, MAX_EXPR_DEPTH
 from parnasc.lang.syntax import span_of, tok_span
 
@@ -141,8 +142,13 @@ def _check_limits(tree: Tree[Token], file: str, source: str) -> None:
 
 @v_args(meta=True)
 class _Build(Transformer[Token, Any]):
-    def start(self, meta: Any, items: list[S.Stmt]) -> tuple[S.Stmt, ...]:
-        return tuple(items)
+    def start(self, meta: Any, items: list[Any]) -> tuple[S.Version | None, tuple[S.Stmt, ...]]:
+        if items and isinstance(items[0], S.Version):
+            return items[0], tuple(items[1:])
+        return None, tuple(items)
+
+    def version(self, meta: Any, c: list[Token]) -> S.Version:
+        return S.Version(int(c[0]), span_of(meta), tok_span(c[0]))
 
     def model(self, meta: Any, c: list[Token]) -> S.Model:
         return S.Model(str(c[0]), span_of(meta), tok_span(c[0]))
@@ -260,10 +266,17 @@ def parse(text: str, file: str = "<input>") -> S.Document:
     except UnexpectedInput as exc:
         from parnasc.lang.syntax_errors import syntax_error  # only a failed parse needs it
 
+        stated = versions.declared(text)  # a newer version's syntax: say so, not where it fails
+        if stated is not None:
+            versions.check(*stated, file, text)
         raise syntax_error(exc, text, file, _keyword_order()) from None
     _check_limits(tree, file, text)
-    stmts = _Build().transform(tree)
-    return S.Document(stmts, _comments(text), text, file)
+    version, stmts = _Build().transform(tree)
+    if version is not None:
+        versions.check(version.number, version.number_span, file, text)
+    else:  # a spec without the line is of the first version
+        versions.check(versions.FIRST, Span.point(1, 1), file, text)
+    return S.Document(stmts, _comments(text), text, file, version)
 
 
 def parse_file(path: str | Path) -> S.Document:

@@ -208,13 +208,25 @@ class Comment:
 
 
 @dataclass(frozen=True)
+class Version:
+    """`pnas 1`: the language version the file states (parnasc.lang.versions)."""
+
+    number: int
+    span: Span | None = field(default=None, compare=False, repr=False)
+    number_span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class Document:
-    """A parsed .pnas file: statements in order, plus its comments and source text."""
+    """A parsed .pnas file: statements in order, plus its comments and source text. The
+    version line is kept apart from the statements: it says how to read them, and two
+    documents with the same statements are equal with or without it."""
 
     stmts: tuple[Stmt, ...]
     comments: tuple[Comment, ...] = field(default=(), compare=False, repr=False)
     source: str = field(default="", compare=False, repr=False)
     file: str = field(default="<input>", compare=False, repr=False)
+    version: Version | None = field(default=None, compare=False, repr=False)
 
 
 def span_of(meta: Any) -> Span | None:

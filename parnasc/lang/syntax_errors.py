@@ -118,6 +118,9 @@ def _expected(
     if {"INT", "FLOAT"} <= acc:
         words.append("a value" if "SIZE" in acc else "a number or constant name")
         acc -= _VALUE_START
+    elif "INT" in acc:  # only after `pnas`
+        words.append("a version number such as 1")
+        acc.discard("INT")
     if "DIMS" in acc:
         words.append("dimensions like 3x32x32")
     if "NAME" in acc:
@@ -126,7 +129,7 @@ def _expected(
         acc -= _OPERATORS  # operators are noise when anything else could follow
     if set(STATEMENT_KEYWORDS) <= {t.lower() for t in acc}:
         words.append("a new statement")
-        acc -= {k.upper() for k in STATEMENT_KEYWORDS}
+        acc -= {k.upper() for k in STATEMENT_KEYWORDS} | {"PNAS"}  # the version line, first
     words += [f"'{t.lower()}'" for t in keywords if t in acc]
     words += [w for t, w in _PUNCT.items() if t in acc]
     if acc & _OPERATORS:
@@ -179,6 +182,8 @@ def syntax_error(
             return PnasError([missing], text)
         if block is not None and "RBRACE" in accepts:
             hint = _unclosed_hint(stack, block, token)
+        if value == "pnas" and block is None and "PNAS" not in accepts:
+            hint = "the version line 'pnas 1' comes first in the file, before every statement"
         if hint is None and (token.type == "NAME" or value in KEYWORDS):
             hint = did_you_mean(value, [t.lower() for t in accepts if t.lower() in KEYWORDS])
         if hint is None and "VBAR" in accepts and token.type in ("NAME", "COMMA"):
