@@ -3,8 +3,10 @@ model computes after `transfer_weights`; arch parameter names; parameter counts 
 
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,7 +16,8 @@ from parnasc.ir.frontend import compile_file, compile_source
 from parnasc.ir.graph import IR
 from parnasc.ir.passes.prune import prune
 from parnasc.lang.spec import Spec
-from parnasc.nas.lower import MixedOp, Net, lower
+from parnasc.nas import lower as lower_module
+from parnasc.nas.lower import MixedOp, Net, arch_choices, lower
 from parnasc.nas.transfer import TransferError, transfer_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -260,3 +263,182 @@ def test_mixed_op_is_weighted_sum() -> None:
     with torch.no_grad():
         want = sum(w[i] * op(x) for i, op in enumerate(block.ops))
         torch.testing.assert_close(block(x, w), want, atol=ATOL, rtol=1e-5)
+
+
+# --- the fused forward (Net.fused) against the plain per-candidate computation ----------------
+
+# Three paths. Level a and level c read one tensor on every path (the stem's, an always-on
+# sync's), so their candidates run as one convolution per candidate index over all paths; a is
+# not followed by a sync (level b reads slices of a's output). Level b mixes a dilated conv and
+# a sepconv (BN + ReLU at the end: folded). Level d cannot run as one level (candidates in
+# another order per path, a maxpool, which is multiplied as before). Sum and concat syncs.
+SHARED = """
+model shared
+input 3x16x16
+classes 5
+paths 3
+stem {
+  conv(k=3, out=8)
+}
+level a {
+  out 8
+  ops conv(k=3) | conv(k=5)
+}
+level b {
+  out 16
+  stride 2
+  ops conv(k=3) | conv(k=5, dilation=2) | sepconv(k=3)
+}
+sync always concat
+level c {
+  out 16
+  ops conv(k=1) | conv(k=3)
+}
+sync search sum
+level d {
+  out 16
+  path 1 ops conv(k=3) | conv(k=5)
+  path 2 ops conv(k=5) | conv(k=3)
+  path 3 ops conv(k=3) | maxpool(k=3)
+}
+sync search concat
+head {
+  merge sum
+  gap
+  fc(out=classes)
+}
+"""
+
+FUSED_SPECS = {
+    "cifar": (_cifar, {"l1"}),  # specs/cifar.pnas: 2 paths, searchable concat syncs
+    "cifar4": (lambda: compile_file(ROOT / "specs/cifar4.pnas"), {"l1"}),  # 4 paths
+    "hetero": (_hetero, set()),  # pooling / skip candidates: no level runs as one
+    "shared": (lambda: compile_source(SHARED, "shared.pnas"), {"a", "c"}),
+}
+# float64: the fused and the plain forward differ only in the order of float additions (one
+# convolution over concatenated weights instead of one per path; P * (gamma * xhat + beta) as
+# (P * gamma) * xhat + P * beta), so they agree to ~1e-12 of each tensor's magnitude: 1e-9
+# would catch any change of the function. float32 (what training runs): the same reordering
+# moves results by ~1e-6 relative after the batch norms' divisions; 1e-4 leaves margin.
+FUSED_TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, tol: float, what: str) -> None:
+    """Equal within `tol` of the tensor's magnitude (relative and absolute)."""
+    scale = float(want.detach().abs().max()) if want.numel() else 0.0
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * scale, msg=lambda m: f"{what}: {m}")
+
+
+def _fused_pair(name: str, dtype: torch.dtype, temperature: float = 1.0) -> tuple[Spec, Net, Net]:
+    """(spec, fused supernet, the same supernet with `fused = False`): random weights, BN
+    statistics and architecture logits, so no probability is uniform."""
+    spec, ir = FUSED_SPECS[name][0]()
+    torch.manual_seed(0)
+    fused = lower(ir).to(dtype)
+    _randomise(fused, seed=1)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in fused.arch.values():
+            p.copy_(torch.randn(p.shape, generator=g))
+    fused.temperature = temperature
+    plain = copy.deepcopy(fused)
+    plain.fused = False
+    assert fused.fused and fused.is_supernet
+    return spec, fused, plain
+
+
+def _step(net: Net, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Forward (dropout drawn from one seed) and backward of a loss that weighs every logit."""
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(7)
+    out = net(x)
+    (out * r).sum().backward()
+    return out.detach()
+
+
+def _compare(fused: Net, plain: Net, x: torch.Tensor, tol: float) -> None:
+    r = torch.randn(x.shape[0], 10, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+    r = r[:, : fused.head[-1].out_features]
+    _close(_step(fused, x, r), _step(plain, x, r), tol, "output")
+    named = dict(plain.named_parameters())
+    for n, p in fused.named_parameters():
+        want = named[n].grad
+        assert p.grad is not None and want is not None, n
+        _close(p.grad, want, tol, f"gradient of {n}")
+    buffers = dict(plain.named_buffers())
+    for n, b in fused.named_buffers():
+        if b.is_floating_point():
+            _close(b, buffers[n], tol, n)
+        else:
+            assert torch.equal(b, buffers[n]), n  # num_batches_tracked
+
+
+@pytest.mark.parametrize("dtype", FUSED_TOL, ids=str)
+@pytest.mark.parametrize("name", FUSED_SPECS)
+def test_fused_forward_computes_the_plain_supernet(
+    name: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outputs, the gradients of every weight and architecture parameter, and the BN running
+    statistics after a train step agree with the per-candidate computation; in train mode
+    (batch statistics, two steps) and in eval mode (the running statistics)."""
+    spec, fused, plain = _fused_pair(name, dtype)
+    assert fused.shared_levels == FUSED_SPECS[name][1]
+    shared_runs = []
+    real = lower_module._run_shared_level
+
+    def spy(*args: Any) -> torch.Tensor | None:
+        shared_runs.append(args[0])
+        return real(*args)
+
+    monkeypatch.setattr(lower_module, "_run_shared_level", spy)
+    x = _input(spec, seed=4, dtype=dtype)
+    tol = FUSED_TOL[dtype]
+    for mode in ("train", "train", "eval"):
+        fused.train(mode == "train")
+        plain.train(mode == "train")
+        _compare(fused, plain, x, tol)
+    # one shared run per forward of each level that reads one tensor on every path
+    assert len(shared_runs) == 3 * len(FUSED_SPECS[name][1])
+    if name == "shared":  # level a's output reached level b as slices, no sync between
+        assert fused.paths["p1"]["b"].ops[0][0].weight.grad is not None
+
+
+@pytest.mark.parametrize("name", ["cifar", "shared"])
+def test_fused_forward_at_a_low_temperature(name: str) -> None:
+    """Where annealing has driven probabilities to exactly 0 (relu(0 * v) = 0 * relu(v), and
+    the softmax's backward multiplies by P), the arch gradients still agree."""
+    spec, fused, plain = _fused_pair(name, torch.float64, temperature=0.02)
+    probs = torch.cat(list(fused.probabilities().values()))
+    x = _input(spec, seed=4, dtype=torch.float64)
+    fused.train()
+    plain.train()
+    _compare(fused, plain, x, FUSED_TOL[torch.float64])
+    assert probs.min() < 1e-20  # the check covers (near-)zero probabilities
+
+
+def test_concrete_network_stays_plain() -> None:
+    """One candidate per block: no fused path (no mixing weights to fold, nothing searched)."""
+    _, ir = _cifar()
+    net = lower(prune(ir, {k: v[0] for k, v in arch_choices(ir).items()}))
+    assert not net.is_supernet
+    assert not net.shared_levels
+
+
+def test_folded_mixed_op_is_the_weighted_sum() -> None:
+    """MixedOp.forward_folded (BN + ReLU candidates folded, pooling and skip multiplied) is
+    MixedOp.forward for softmax weights, in train and eval mode, on blocks that mix both."""
+    _, ir = _hetero()
+    torch.manual_seed(0)
+    net = lower(ir).double()
+    _randomise(net, seed=1)
+    x = torch.randn(2, 8, 16, 16, dtype=torch.float64)
+    for path, level in (("p1", "a"), ("p2", "a"), ("p1", "c"), ("p2", "b")):
+        block = net.paths[path][level]
+        assert isinstance(block, MixedOp)
+        w = torch.softmax(torch.randn(len(block.ops), dtype=torch.float64), 0)
+        for training in (True, False):
+            a, b = copy.deepcopy(block).train(training), copy.deepcopy(block).train(training)
+            got, want = a.forward_folded(x, w), b(x, w)
+            _close(got, want, FUSED_TOL[torch.float64], f"{path} {level}")
+            for (n, ba), bb in zip(a.named_buffers(), b.buffers(), strict=True):
+                assert torch.allclose(ba.double(), bb.double(), rtol=1e-9, atol=1e-12), n

@@ -5,6 +5,22 @@ Both share one layout, which emit and the runtime rely on:
 `stem`, `paths[p<k>][<level>]`, `syncs[<level>]`, `merge`, `head`, and `levels`.
 Architecture parameters live in `arch`, a ParameterDict keyed by `parnasc.ir.graph.block_key`
 (`l2:p1`) and `sync_key` (`l2:sync`) as `arch_choices` lists them, apart from the weights.
+
+A supernet's forward is fused (`Net.fused`, on by default) without changing what it computes
+or how its parameters are stored (one module per candidate, so state_dicts, checkpoints and
+`transfer_weights` are unchanged):
+
+* a candidate that ends in BatchNorm + ReLU (conv, sepconv, a concat sync's 1x1 reduce) takes
+  its mixing probability P >= 0 into the BN's affine, relu(BN(z; P*gamma, P*beta)) =
+  P * relu(BN(z; gamma, beta)), so the weighted sum of equation (2) is a plain sum and no
+  full-size product (nor its backward) is computed; other candidates are multiplied as before;
+* a level whose paths all read the same tensor (after the stem or an always-on sync) runs
+  candidate j of every path as one convolution (the paths' weights concatenated) and one
+  batch norm over the concatenated channels, writing the running statistics back to each
+  candidate's BN as `nn.BatchNorm2d` does; the paths' outputs stay one tensor for the sync.
+
+`tests/test_lower.py` checks outputs, gradients and BN statistics against `fused = False`, the
+plain per-candidate computation.
 """
 
 from __future__ import annotations
@@ -17,6 +33,51 @@ from torch import nn
 
 from parnasc.ir.graph import IR, Node, arch_key, block_key, sync_key
 from parnasc.lang import ops
+
+
+def _foldable(m: nn.Module) -> bool:
+    """A module that ends in BatchNorm2d (affine) + ReLU, so a factor >= 0 folds into the BN."""
+    if type(m) is not nn.Sequential or len(m) < 2:
+        return False
+    bn, relu = m[-2], m[-1]
+    return type(bn) is nn.BatchNorm2d and bn.affine and type(relu) is nn.ReLU
+
+
+def _bn_factor(bn: nn.BatchNorm2d) -> float:
+    """The bookkeeping of `nn.BatchNorm2d.forward`: count the batch in train mode and return
+    the running-average factor."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            factor = 1.0 / float(bn.num_batches_tracked)
+    return factor
+
+
+def _scaled_bn_relu(bn: nn.BatchNorm2d, z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """p * relu(bn(z)) for a scalar p >= 0 in one pass: relu(bn(z) with weight p*gamma and
+    bias p*beta). Running statistics are updated as `bn(z)` updates them."""
+    factor = _bn_factor(bn)
+    use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
+    keep = not bn.training or bn.track_running_stats
+    return F.batch_norm(
+        z,
+        bn.running_mean if keep else None,
+        bn.running_var if keep else None,
+        bn.weight * p,
+        bn.bias * p,
+        use_batch,
+        factor,
+        bn.eps,
+    ).relu_()
+
+
+def _folded(m: nn.Module, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """p * m(x) for a `_foldable` module and p >= 0."""
+    seq = cast(nn.Sequential, m)
+    for layer in list(seq)[:-2]:
+        x = layer(x)
+    return _scaled_bn_relu(cast(nn.BatchNorm2d, seq[-2]), x, p)
 
 
 class Combine(nn.Module):
@@ -35,15 +96,30 @@ class Combine(nn.Module):
                 nn.ReLU(inplace=True),
             )
 
-    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
-        xs = xs[: self.inputs]
+    def forward(self, xs: list[torch.Tensor], stacked: torch.Tensor | None = None) -> torch.Tensor:
+        """`stacked`: `xs` already concatenated along the channels, which concat reuses."""
+        if len(xs) > self.inputs:
+            xs, stacked = xs[: self.inputs], None
         if self.kind == "sum":
             out = xs[0]
             for x in xs[1:]:
                 out = out + x
             return out
-        cat = torch.cat(xs, dim=1)
+        cat = stacked if stacked is not None else torch.cat(xs, dim=1)
         return cat if self.reduce is None else self.reduce(cat)
+
+    def mix(
+        self, xs: list[torch.Tensor], w: torch.Tensor, stacked: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Equation (3) at a searchable site, fused: every path continues with
+        `combine(xs) * w[0] + x_i * w[1]`, w[0] folded into the reduce's BN where there is one.
+        `stacked`: `xs` already concatenated along the channels (one tensor)."""
+        if self.reduce is not None and _foldable(self.reduce) and len(xs) == self.inputs:
+            cat = stacked if stacked is not None else torch.cat(xs, dim=1)
+            sw = _folded(self.reduce, cat, w[0])
+        else:
+            sw = self(xs, stacked) * w[0]
+        return [torch.addcmul(sw, o, w[1]) for o in xs]
 
 
 class MixedOp(nn.Module):
@@ -58,6 +134,113 @@ class MixedOp(nn.Module):
         for i in range(1, len(self.ops)):
             out = out.addcmul_(self.ops[i](x), weights[i])  # out += OP_i(x) * P_i, one pass
         return out
+
+    def forward_folded(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """`forward` for weights >= 0 (a softmax): a candidate ending in BN + ReLU takes its
+        weight inside the BN (`_scaled_bn_relu`), the others are multiplied."""
+        out: torch.Tensor | None = None
+        fresh = False  # `out` is a sum this method made, free to add into in place
+        for i, op in enumerate(self.ops):
+            if _foldable(op):
+                term = _folded(op, x, weights[i])
+                if out is None:
+                    out = term  # relu_'s output, which its backward keeps: never written to
+                    continue
+            else:
+                term = op(x) * weights[i]
+                if out is None:
+                    out, fresh = term, True
+                    continue
+            if fresh:
+                out = out.add_(term)
+            else:
+                out, fresh = out + term, True
+        assert out is not None
+        return out
+
+
+def _shared_level(blocks: list[nn.Module]) -> bool:
+    """Whether candidate j of every path of a level can run as one convolution and one batch
+    norm where all paths read the same tensor: each block a MixedOp of the same number of
+    plain conv + BN + ReLU candidates, candidate j alike on every path (same convolution
+    settings, same BN settings with a running average), all with the same output channels."""
+    if not blocks or not all(isinstance(b, MixedOp) for b in blocks):
+        return False
+    mixed = cast(list[MixedOp], blocks)
+    k = len(mixed[0].ops)
+    if any(len(b.ops) != k for b in mixed):
+        return False
+    width = None
+    for j in range(k):
+        first = None
+        for b in mixed:
+            op = b.ops[j]
+            if not (type(op) is nn.Sequential and len(op) == 3 and _foldable(op)):
+                return False
+            conv, bn = op[0], op[1]
+            if type(conv) is not nn.Conv2d or conv.bias is not None:
+                return False
+            if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+                return False
+            if bn.momentum is None or not bn.track_running_stats:
+                return False
+            sig = (
+                conv.in_channels,
+                conv.kernel_size,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                conv.groups,
+                bn.eps,
+                bn.momentum,
+            )
+            if first is None:
+                first = sig
+            if sig != first or conv.out_channels != (width or conv.out_channels):
+                return False
+            width = conv.out_channels
+    return True
+
+
+def _run_shared_level(
+    blocks: list[MixedOp], x: torch.Tensor, weights: list[torch.Tensor]
+) -> torch.Tensor | None:
+    """All paths of a `_shared_level` level on the same input `x`: the paths' outputs
+    concatenated along the channels (path p at channels p*C..(p+1)*C). `weights[p]`: the
+    probabilities (>= 0) of path p's candidates. None where the BNs are not all in one mode."""
+    k = len(blocks[0].ops)
+    seqs_of = [[cast(nn.Sequential, b.ops[j]) for b in blocks] for j in range(k)]
+    training = seqs_of[0][0][1].training
+    if any(s[1].training != training for seqs in seqs_of for s in seqs):
+        return None
+    out: torch.Tensor | None = None
+    for j, seqs in enumerate(seqs_of):
+        convs = [cast(nn.Conv2d, s[0]) for s in seqs]
+        bns = [cast(nn.BatchNorm2d, s[1]) for s in seqs]
+        c0 = convs[0]
+        z = F.conv2d(
+            x,
+            torch.cat([c.weight for c in convs]),
+            None,
+            c0.stride,
+            cast(tuple[int, int], c0.padding),
+            c0.dilation,
+            c0.groups,
+        )
+        factor = [_bn_factor(bn) for bn in bns][-1]  # counts every BN's batch; all alike
+        gamma = torch.cat([bn.weight * w[j] for bn, w in zip(bns, weights, strict=True)])
+        beta = torch.cat([bn.bias * w[j] for bn, w in zip(bns, weights, strict=True)])
+        mean = torch.cat([cast(torch.Tensor, bn.running_mean) for bn in bns])
+        var = torch.cat([cast(torch.Tensor, bn.running_var) for bn in bns])
+        y = F.batch_norm(z, mean, var, gamma, beta, training, factor, bns[0].eps).relu_()
+        if training:  # write the updated statistics back, as each nn.BatchNorm2d would
+            with torch.no_grad():
+                for bn, m, v in zip(bns, mean.chunk(len(bns)), var.chunk(len(bns)), strict=True):
+                    cast(torch.Tensor, bn.running_mean).copy_(m)
+                    cast(torch.Tensor, bn.running_var).copy_(v)
+        out = y if out is None else (out + y if j == 1 else out.add_(y))
+    assert out is not None
+    return out
 
 
 def _build_op(n: Node, index: int = 0) -> nn.Module:
@@ -124,6 +307,23 @@ class Net(nn.Module):
         m = ir.node("merge")
         assert m.combiner is not None and m.out_shape is not None
         self.merge = Combine(m.combiner, len(ir.data_inputs(m.id)), m.out_shape[0], reduce=False)
+        # The fused forward (see the module's docstring); False: the plain per-candidate one.
+        self.fused = True
+        # Levels whose paths all read one tensor (the stem's, an always-on sync's) and whose
+        # candidates fit `_shared_level`: the fused forward runs each as one level.
+        self.shared_levels: set[str] = set()
+        one_input = True
+        for lv in self.levels:
+            if one_input and _shared_level([self._block(lv, p) for p in self._ps]):
+                self.shared_levels.add(lv)
+            one_input = lv in self.syncs and not self.search_sync[lv]
+
+    @property
+    def _ps(self) -> range:
+        return range(1, self.n_paths + 1)
+
+    def _block(self, lv: str, p: int) -> nn.Module:
+        return cast(nn.ModuleDict, self.paths[f"p{p}"])[lv]
 
     @property
     def is_supernet(self) -> bool:
@@ -142,26 +342,47 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = self.probabilities() if self.arch else {}
+        fused = self.fused and bool(probs)  # only supernets: concrete networks stay plain
         x = self.stem(x)
         outs = [x] * self.n_paths
         for lv in self.levels:
-            new = []
-            for p in range(self.n_paths):
-                block = cast(nn.ModuleDict, self.paths[f"p{p + 1}"])[lv]
-                if isinstance(block, MixedOp):
-                    new.append(block(outs[p], probs[block_key(lv, p + 1)]))
-                else:
-                    new.append(block(outs[p]))
-            outs = new
+            blocks = [self._block(lv, p) for p in self._ps]
+            stacked = None  # the paths' outputs as one tensor, where the level made them so
+            if fused and lv in self.shared_levels and all(o is outs[0] for o in outs):
+                weights = [probs[block_key(lv, p)] for p in self._ps]
+                stacked = _run_shared_level(cast(list[MixedOp], blocks), outs[0], weights)
+            if stacked is not None:
+                outs = list(stacked.chunk(self.n_paths, dim=1))
+            else:
+                outs = [
+                    self._run_block(lv, p, b, o, probs, fused)
+                    for p, b, o in zip(self._ps, blocks, outs, strict=True)
+                ]
             if lv in self.syncs:
-                s = self.syncs[lv](outs)
-                if self.search_sync.get(lv):
-                    w = probs[sync_key(lv)]
-                    sw = s * w[0]  # shared by all paths
-                    outs = [torch.addcmul(sw, o, w[1]) for o in outs]  # equation (3)
+                comb = cast(Combine, self.syncs[lv])
+                if not self.search_sync.get(lv):
+                    outs = [comb(outs, stacked)] * self.n_paths
+                elif fused:
+                    outs = comb.mix(outs, probs[sync_key(lv)], stacked)
                 else:
-                    outs = [s] * self.n_paths
+                    w = probs[sync_key(lv)]
+                    sw = comb(outs) * w[0]  # shared by all paths
+                    outs = [torch.addcmul(sw, o, w[1]) for o in outs]  # equation (3)
         return self.head(self.merge(outs))
+
+    @staticmethod
+    def _run_block(
+        lv: str,
+        p: int,
+        block: nn.Module,
+        x: torch.Tensor,
+        probs: dict[str, torch.Tensor],
+        fused: bool,
+    ) -> torch.Tensor:
+        if not isinstance(block, MixedOp):
+            return block(x)
+        w = probs[block_key(lv, p)]
+        return block.forward_folded(x, w) if fused else block(x, w)
 
 
 def lower(ir: IR) -> Net:
