@@ -14,6 +14,7 @@ nothing heavy, each name loads its module when first used):
     classify(model_dir, images) -> [Prediction]     image files -> classes, through Runtime
     bench(model_dir) -> BenchResult                 batch-1 latency on every engine
     diff(old, new) -> SpecDiff                      semantic diff of two specs, cost impact
+    check_provenance(derived, supernet) -> Provenance   a derived spec is of that supernet
 
 Long steps take `progress` (phase, epoch, batch, values) and `log` (one-line messages)
 callbacks. Errors a user can fix are `parnasc.errors.UserError`, one line each. The
@@ -38,6 +39,7 @@ _LAZY = {
     "Settings": "parnasc.nas.recipes",
     "TrainResult": "parnasc.nas.runs",
     "bench": "parnasc.api",
+    "check_provenance": "parnasc.api",
     "classify": "parnasc.api",
     "compile": "parnasc.api",
     "derive": "parnasc.api",
@@ -56,6 +58,7 @@ if TYPE_CHECKING:  # the names as type checkers and editors see them
     from parnasc.api import EmitResult as EmitResult
     from parnasc.api import Prediction as Prediction
     from parnasc.api import bench as bench
+    from parnasc.api import check_provenance as check_provenance
     from parnasc.api import classify as classify
     from parnasc.api import compile as compile
     from parnasc.api import derive as derive

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from parnasc.data.cifar import Cifar
     from parnasc.ir.diff import LatencyLookup, SpecDiff
     from parnasc.ir.graph import IR
+    from parnasc.ir.provenance import Provenance
     from parnasc.lang.spec import Spec
     from parnasc.nas.train import Report
 
@@ -728,6 +729,22 @@ def _diff_side(side: PathLike | Compiled) -> Compiled:
     return Compiled(s, ir)
 
 
+def check_provenance(derived: PathLike, supernet: PathLike | Compiled) -> Provenance:
+    """Check that the derived spec `derived` is an architecture of `supernet`'s space (one of
+    the candidates in every block, sync sites only where the supernet has them), that the
+    source hash in its header is the supernet's spec hash as it is now, and that its
+    architecture hash still matches (no hand edit since the search). Raises PnasError with
+    every problem, located in the derived file; returns the checked `Provenance`. The supernet
+    may be `REV:PATH`, read from git."""
+    from parnasc.ir.frontend import compile_file
+    from parnasc.ir.provenance import check_provenance as check
+    from parnasc.lang.parse import parse_file
+
+    spec, _ = compile_file(derived)  # every ordinary error first
+    sup = _diff_side(supernet)  # a file, or REV:PATH from git
+    return check(parse_file(derived), spec, sup.spec, str(sup.where))
+
+
 def _latency_lookup(root: Path | None) -> LatencyLookup:
     from parnasc.nas.latency_table import find_table, latency_range
 
@@ -751,6 +768,7 @@ __all__ = [
     "Settings",
     "TrainResult",
     "bench",
+    "check_provenance",
     "classify",
     "compile",
     "derive",

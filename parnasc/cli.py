@@ -63,13 +63,27 @@ def _err(text: str) -> None:
 
 
 @app.command()
-def check(files: FilesArg) -> None:
+def check(
+    files: FilesArg,
+    provenance: Annotated[
+        bool,
+        typer.Option(
+            "--provenance",
+            help="FILES are DERIVED SUPERNET: DERIVED must be an unedited architecture of "
+            "SUPERNET's space, derived from it as it is now (the hash in its header).",
+        ),
+    ] = False,
+) -> None:
     """Parse, validate and verify specs; exit 0 when all are valid.
 
     Example: parnasc check specs/*.pnas
+    Example: parnasc check --provenance runs/a/derived.pnas specs/cifar.pnas
     """
     from parnasc.ir.frontend import compile_file
 
+    if provenance:
+        _check_provenance(files)
+        return
     bad = 0
     for f in files:
         try:
@@ -81,6 +95,22 @@ def check(files: FilesArg) -> None:
             bad += 1
     if bad:
         raise typer.Exit(1)
+
+
+def _check_provenance(files: list[Path]) -> None:
+    from parnasc.api import check_provenance
+
+    if len(files) != 2:
+        raise OptionError(
+            f"--provenance takes two files, DERIVED.pnas SUPERNET.pnas (got {len(files)})"
+        )
+    try:
+        check_provenance(files[0], files[1])
+    except PnasError as exc:
+        if os.environ.get("PARNASC_DEBUG") == "1":
+            raise
+        _err(str(exc))
+        raise typer.Exit(1) from None
 
 
 @app.command()

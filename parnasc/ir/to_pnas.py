@@ -7,6 +7,7 @@ from typing import Any
 
 from parnasc.ir.decisions import decision, summary
 from parnasc.ir.graph import IR
+from parnasc.ir.provenance import ARCHITECTURE_PREFIX, SOURCE_PREFIX, architecture_hash
 from parnasc.lang.fmt import fmt_number, format_document
 from parnasc.lang.parse import parse
 from parnasc.lang.spec import OptimSpec, Spec
@@ -53,7 +54,7 @@ def concrete_spec_text(
     out = [
         version_line(),  # the language version the text is written in
         f"# Derived by parnasc {__version__} from {source.file}",
-        f"# source spec sha256 {source.spec_hash}",
+        f"{SOURCE_PREFIX}{source.spec_hash}",
         f"# search: alpha={s['alpha']} beta={s['beta']} cost={s['cost']} epochs={s['epochs']}"
         f" warmup={s['warmup']} mode={s['mode']} seed={s['seed']} cores={s['cores']}" + _tau(s),
         *([f"# decisions: {summary(probs)}"] if probs else []),
@@ -116,5 +117,7 @@ def concrete_spec_text(
         f"  retrain_epochs {se.retrain_epochs}",
         "}",
     ]
-    text = "\n".join(out) + "\n"
-    return format_document(parse(text))
+    # The hash of the statements (comments do not count) goes in the header, after the source's.
+    arch = architecture_hash(parse("\n".join(out) + "\n"))
+    out.insert(3, f"{ARCHITECTURE_PREFIX}{arch}")
+    return format_document(parse("\n".join(out) + "\n"))
