@@ -46,8 +46,10 @@ def test_temperature_is_geometric_from_tau_to_tau_end() -> None:
     assert s.temperature(1.0) == pytest.approx(0.02)
     assert s.temperature(0.5) == pytest.approx(0.2)  # the geometric mean
     assert s.temperature(-1.0) == pytest.approx(2.0) and s.temperature(2.0) == pytest.approx(0.02)
-    plain = Settings.from_spec(spec.search, 2)
+    plain = Settings.from_spec(spec.search, 2, tau_end=1.0)
     assert {plain.temperature(p) for p in (0.0, 0.3, 1.0)} == {1.0}  # the paper's softmax
+    default = Settings.from_spec(spec.search, 2)  # SMALL states no temperature
+    assert (default.tau, default.tau_end) == (1.0, 0.02)
 
 
 def test_annealed_search_logs_and_derives_at_the_final_temperature(

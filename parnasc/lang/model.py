@@ -103,9 +103,9 @@ class SearchSpec(BaseModel):
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     mode: Literal["joint", "alternate"] = "joint"
     weights: OptimSpec = OptimSpec(name="sgd", lr=0.05, momentum=0.9, wd=3e-4, nesterov=1)
-    arch: OptimSpec = OptimSpec(name="adam", lr=3e-3, wd=1e-3)
-    tau: float = Field(default=1.0, ge=1e-3, le=100)
-    tau_end: float = Field(default=1.0, ge=1e-3, le=100)
+    arch: OptimSpec = OptimSpec(name="adam", lr=0.03, wd=0.0)
+    tau: float = Field(default=1.0, ge=1e-3, le=100)  # docs/search.md, "Deciding"
+    tau_end: float = Field(default=0.02, ge=1e-3, le=100)
     retrain_epochs: int = Field(default=10, ge=0, le=10000)
 
 

@@ -217,7 +217,8 @@ def search(
         state = {"epoch": epoch, "net": net.state_dict(), "w_opt": w_opt.state_dict()}
         atomic_save({**state, "a_opt": a_opt.state_dict(), "meta": meta}, ck_path)
         if report:
-            report("epoch-end", epoch, len(train), {**row, "arch": probs, "labels": net.choices})
+            arch = {"arch": probs, "labels": net.choices, "temperature": net.temperature}
+            report("epoch-end", epoch, len(train), {**row, **arch})
     net.temperature = _temperature_after(settings, settings.epochs)
     return _finish(spec, ir, settings, net, val, costs, run_dir, meta)
 

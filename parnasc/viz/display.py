@@ -44,7 +44,8 @@ class Display:
             self.progress.update(self.task, completed=epoch * self.batches)
             line = f"epoch {epoch}/{self.epochs}  " + _values(v)
             if "arch" in v:
-                line += "\n  arch: " + _arch(v["arch"], v.get("labels", {}))
+                temperature = f" (T {v['temperature']:.3g})" if "temperature" in v else ""
+                line += f"\n  arch{temperature}: " + _arch(v["arch"], v.get("labels", {}))
             self.console.print(line, highlight=False)
             return
         done = (epoch - 1) * self.batches + batch
