@@ -442,3 +442,32 @@ def test_folded_mixed_op_is_the_weighted_sum() -> None:
             _close(got, want, FUSED_TOL[torch.float64], f"{path} {level}")
             for (n, ba), bb in zip(a.named_buffers(), b.buffers(), strict=True):
                 assert torch.allclose(ba.double(), bb.double(), rtol=1e-9, atol=1e-12), n
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format], ids=str)
+def test_direct_mix_backward(layout: torch.memory_format) -> None:
+    """Equation (3)'s fused step, outs_i = s + w * x_i, against torch's own gradients
+    (gradcheck in float64), also where one output does not reach the loss."""
+    g = torch.Generator().manual_seed(0)
+
+    def t() -> torch.Tensor:
+        x = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+        return x.contiguous(memory_format=layout).requires_grad_()
+
+    s, xs = t(), [t(), t(), t()]
+    w = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda s, w, *xs: lower_module._Direct.apply(s, w, *xs), (s, w, *xs)
+    )
+    outs = lower_module._Direct.apply(s, w, *xs)
+    (outs[0].sum() + (outs[2] ** 2).sum()).backward()
+    want = torch.autograd.grad(
+        (torch.addcmul(s, xs[0], w).sum() + (torch.addcmul(s, xs[2], w) ** 2).sum()),
+        (s, w, xs[0], xs[1], xs[2]),
+        allow_unused=True,
+    )
+    for got, ref in zip((s.grad, w.grad, xs[0].grad, xs[1].grad, xs[2].grad), want, strict=True):
+        if ref is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)

@@ -25,7 +25,7 @@ plain per-candidate computation.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +80,45 @@ def _folded(m: nn.Module, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return _scaled_bn_relu(cast(nn.BatchNorm2d, seq[-2]), x, p)
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum(a * b) in one pass without a temporary where both are dense in the same layout."""
+    cl = torch.channels_last
+    if a.dim() == 4 and a.is_contiguous(memory_format=cl) and b.is_contiguous(memory_format=cl):
+        return torch.dot(a.permute(0, 2, 3, 1).reshape(-1), b.permute(0, 2, 3, 1).reshape(-1))
+    if a.is_contiguous() and b.is_contiguous():
+        return torch.dot(a.reshape(-1), b.reshape(-1))
+    return (a * b).sum()
+
+
+class _Direct(torch.autograd.Function):
+    """Equation (3) for all paths at once: outs_i = s + w * x_i (s = the combine's output
+    already times P_sync, w = P_direct), with a backward that reads each tensor once: the
+    gradient of w as dot products instead of full-size products and their sums."""
+
+    @staticmethod
+    def forward(ctx: Any, s: torch.Tensor, w: torch.Tensor, *xs: torch.Tensor) -> Any:
+        ctx.save_for_backward(w, *xs)
+        ctx.set_materialize_grads(False)  # an output that reaches no loss: None, not zeros
+        return tuple(torch.addcmul(s, x, w) for x in xs)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> Any:
+        w, *xs = ctx.saved_tensors
+        live = [(g, x) for g, x in zip(grads, xs, strict=True) if g is not None]
+        g_s = g_w = None
+        if ctx.needs_input_grad[0] and live:
+            g_s = live[0][0].clone() if len(live) == 1 else live[0][0] + live[1][0]
+            for g, _ in live[2:]:
+                g_s.add_(g)
+        if ctx.needs_input_grad[1] and live:
+            g_w = torch.stack([_dot(g, x) for g, x in live]).sum().reshape(w.shape)
+        g_xs = [
+            None if g is None or not ctx.needs_input_grad[2 + i] else g * w
+            for i, g in enumerate(grads)
+        ]
+        return (g_s, g_w, *g_xs)
+
+
 class Combine(nn.Module):
     """Combine the path outputs: `sum` (equation 4) or `concat`, optionally followed by a
     1x1 conv + BN + ReLU back to `channels` (the paper's sync combiner)."""
@@ -114,12 +153,13 @@ class Combine(nn.Module):
         """Equation (3) at a searchable site, fused: every path continues with
         `combine(xs) * w[0] + x_i * w[1]`, w[0] folded into the reduce's BN where there is one.
         `stacked`: `xs` already concatenated along the channels (one tensor)."""
+        w_sync, w_direct = w.unbind()
         if self.reduce is not None and _foldable(self.reduce) and len(xs) == self.inputs:
             cat = stacked if stacked is not None else torch.cat(xs, dim=1)
-            sw = _folded(self.reduce, cat, w[0])
+            sw = _folded(self.reduce, cat, w_sync)
         else:
-            sw = self(xs, stacked) * w[0]
-        return [torch.addcmul(sw, o, w[1]) for o in xs]
+            sw = self(xs, stacked) * w_sync
+        return list(_Direct.apply(sw, w_direct, *xs))
 
 
 class MixedOp(nn.Module):
@@ -140,14 +180,15 @@ class MixedOp(nn.Module):
         weight inside the BN (`_scaled_bn_relu`), the others are multiplied."""
         out: torch.Tensor | None = None
         fresh = False  # `out` is a sum this method made, free to add into in place
+        ws = weights.unbind()  # one view per candidate, one node in the graph
         for i, op in enumerate(self.ops):
             if _foldable(op):
-                term = _folded(op, x, weights[i])
+                term = _folded(op, x, ws[i])
                 if out is None:
                     out = term  # relu_'s output, which its backward keeps: never written to
                     continue
             else:
-                term = op(x) * weights[i]
+                term = op(x) * ws[i]
                 if out is None:
                     out, fresh = term, True
                     continue
@@ -213,6 +254,7 @@ def _run_shared_level(
     training = seqs_of[0][0][1].training
     if any(s[1].training != training for seqs in seqs_of for s in seqs):
         return None
+    ws = [w.unbind() for w in weights]
     out: torch.Tensor | None = None
     for j, seqs in enumerate(seqs_of):
         convs = [cast(nn.Conv2d, s[0]) for s in seqs]
@@ -228,8 +270,8 @@ def _run_shared_level(
             c0.groups,
         )
         factor = [_bn_factor(bn) for bn in bns][-1]  # counts every BN's batch; all alike
-        gamma = torch.cat([bn.weight * w[j] for bn, w in zip(bns, weights, strict=True)])
-        beta = torch.cat([bn.bias * w[j] for bn, w in zip(bns, weights, strict=True)])
+        gamma = torch.cat([bn.weight * w[j] for bn, w in zip(bns, ws, strict=True)])
+        beta = torch.cat([bn.bias * w[j] for bn, w in zip(bns, ws, strict=True)])
         mean = torch.cat([cast(torch.Tensor, bn.running_mean) for bn in bns])
         var = torch.cat([cast(torch.Tensor, bn.running_var) for bn in bns])
         y = F.batch_norm(z, mean, var, gamma, beta, training, factor, bns[0].eps).relu_()
