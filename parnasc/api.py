@@ -97,6 +97,7 @@ class _SearchJob:
     data: Path | None
     test_images: int | None
     threads: int | None
+    device: str  # resolved: `cpu`, `cuda:N`
 
 
 def search(
@@ -120,6 +121,7 @@ def search(
     threads: int | None = None,
     tau: float | None = None,
     tau_end: float | None = None,
+    device: str | None = None,
     progress: Report | None = None,
     log: Log | None = None,
 ) -> SearchResult:
@@ -131,12 +133,14 @@ def search(
     then every option given; `cores` defaults to the spec's target, else this machine's.
     `data` is an archive or folder (None: the official archive, downloaded into the cache);
     `train_images` / `test_images` take class-balanced subsets. `threads` are torch's
-    intra-op threads for the call (default: all cores), restored after. A `run_dir` that
-    holds a run already is refused.
+    intra-op threads for the call (default: all cores), restored after. `device` is where
+    the supernet trains: `cpu`, `cuda` or `cuda:N` (default: CUDA if available, else the
+    CPU); the files hold CPU tensors. A `run_dir` that holds a run already is refused.
 
     `resume=True` continues `run_dir` with its recorded spec, data and settings (`spec` and
     `data` may name the same ones where they are now); an option given must equal the
-    recorded value, except `epochs`, which may extend the run. A resume of a complete run
+    recorded value, except `epochs`, which may extend the run, and `threads` and `device`,
+    which change only speed (and floats in the last bits). A resume of a complete run
     returns its recorded result with `up_to_date=True` and changes nothing."""
     options = SearchOptions(
         cores=cores,
@@ -154,17 +158,34 @@ def search(
         tau_end=tau_end,
     )
     options.check()
+    dev = _device(device)
     run = Path(run_dir)
     source = None if data is None else Path(data)
     if resume:
-        job = _resumed_search(run, spec, options, source, test_images, threads)
+        job = _resumed_search(run, spec, options, source, test_images, threads, dev)
         if job is None:
             return SearchResult.read(run, up_to_date=True)
     else:
         if spec is None:
             raise OptionError("no spec given; a new search needs one")
-        job = _new_search(run, _compiled(spec), options, source, test_images, threads)
+        job = _new_search(run, _compiled(spec), options, source, test_images, threads, dev)
     return _run_search(job, progress, log)
+
+
+def _device(name: str | None) -> str:
+    """The resolved `--device` (`parnasc.nas.device.resolve_device`) as text."""
+    from parnasc.nas.device import resolve_device
+
+    return str(resolve_device(name))
+
+
+def _moved(what: str, recorded: str | None, device: str, log: Log | None) -> None:
+    """Tell a resume that continues on another device than the one recorded."""
+    if log is not None and recorded is not None and recorded != device:
+        log(
+            f"note: {what} ran on {recorded}; continuing on {device} (float results differ "
+            "in the last bits)"
+        )
 
 
 def _new_search(
@@ -174,6 +195,7 @@ def _new_search(
     data: Path | None,
     test_images: int | None,
     threads: int | None,
+    device: str,
 ) -> _SearchJob:
     s = compiled.spec
     n_cores = options.cores or s.target.cores or len(allowed_cpus())
@@ -191,6 +213,7 @@ def _new_search(
         data=data,
         test_images=test_images,
         threads=threads,
+        device=device,
     )
 
 
@@ -201,6 +224,7 @@ def _resumed_search(
     data: Path | None,
     test_images: int | None,
     threads: int | None,
+    device: str,
 ) -> _SearchJob | None:
     """The job of a resumed search, or None when the run is complete already."""
     from parnasc.nas.search import read_checkpoint
@@ -229,6 +253,7 @@ def _resumed_search(
         data=resumed_data(what, record.data, data),
         test_images=record.data.test_images if record.data else test_images,
         threads=threads or record.threads,
+        device=device,
     )
 
 
@@ -247,6 +272,8 @@ def _run_search(job: _SearchJob, progress: Report | None, log: Log | None) -> Se
     what = None if job.record is None else f"run {job.run_dir}"
     recorded = None if job.record is None else job.record.data
     cifar, rec = _data(what, recorded, job.data, settings.n_train, job.test_images, settings, log)
+    if job.record is not None:
+        _moved(f"run {job.run_dir}", job.record.device, job.device, log)
     with torch_threads(job.threads):  # after every check: a refusal leaves torch as it was
         augment = recipe(settings.recipe).augment
         loaders = make_loaders(cifar, settings.batch, settings.val_fraction, settings.seed, augment)
@@ -268,6 +295,7 @@ def _run_search(job: _SearchJob, progress: Report | None, log: Log | None) -> Se
             data=rec,
             checkpoint=job.checkpoint,
             spec_path=job.compiled.where,
+            device=job.device,
         )
 
 
@@ -343,6 +371,7 @@ class _TrainJob:
     test_images: int | None
     threads: int | None
     recipe: str
+    device: str  # resolved: `cpu`, `cuda:N`
 
 
 def retrain(
@@ -357,6 +386,7 @@ def retrain(
     threads: int | None = None,
     resume: bool = False,
     recipe: str | None = None,
+    device: str | None = None,
     progress: Report | None = None,
     log: Log | None = None,
 ) -> TrainResult:
@@ -365,11 +395,14 @@ def retrain(
     (`searched.pt`; refused while that run's search is unfinished); writes `out_dir` (default:
     the spec's directory): train_settings.json, a checkpoint per epoch, train_metrics.jsonl
     and last model.pt. `recipe` is the training recipe (`default`: the best measured;
-    `paper`: the paper's SGD at lr 0.0001, constant, no augmentation). `resume=True`
-    continues the training there with its recorded data and settings (`epochs` may extend
-    it); a complete one returns `up_to_date=True`."""
+    `paper`: the paper's SGD at lr 0.0001, constant, no augmentation). `device`: `cpu`,
+    `cuda` or `cuda:N` (default: CUDA if available, else the CPU); model.pt holds CPU
+    tensors. `resume=True` continues the training there with its recorded data and settings
+    (`epochs` may extend it; `threads` and `device` may change); a complete one returns
+    `up_to_date=True`."""
     if recipe is not None and recipe not in RECIPES:
         raise OptionError(f"--recipe {recipe}: expected one of {', '.join(RECIPES)}")
+    dev = _device(device)
     c = _compiled(spec)
     if not c.spec.concrete:
         raise OptionError(
@@ -402,6 +435,7 @@ def retrain(
             test_images=test_images,
             threads=threads,
             recipe=recipe or "default",
+            device=dev,
         )
         return _run_training(job, progress, log)
     what = f"training {out}"
@@ -430,6 +464,7 @@ def retrain(
         test_images=record.data.test_images,
         threads=threads or record.threads,
         recipe=record.recipe,
+        device=dev,
     )
     return _run_training(job, progress, log)
 
@@ -470,6 +505,8 @@ def _run_training(job: _TrainJob, progress: Report | None, log: Log | None) -> T
     what = None if job.record is None else f"training {out}"
     recorded = None if job.record is None else job.record.data
     cifar, rec = _data(what, recorded, job.data, job.train_images, job.test_images, settings, log)
+    if job.record is not None:
+        _moved(f"training {out}", job.record.device, job.device, log)
     with torch_threads(job.threads) as n_threads:  # after every check
         how = recipe(job.recipe)
         train, test = retrain_loaders(cifar, settings.batch, settings.seed, how.augment)
@@ -484,6 +521,7 @@ def _run_training(job: _TrainJob, progress: Report | None, log: Log | None) -> T
             data=rec,
             threads=n_threads,
             recipe=cast(Literal["default", "paper"], job.recipe),  # checked by retrain()
+            device=job.device,
         )
         meta = {
             "spec": str(job.compiled.where),
@@ -505,6 +543,7 @@ def _run_training(job: _TrainJob, progress: Report | None, log: Log | None) -> T
             resume,
             record,
             how,
+            job.device,
         )
     return TrainResult(out, acc.plain, job.epochs, acc.flip)
 

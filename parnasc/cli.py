@@ -41,6 +41,10 @@ TrainImagesOpt = Annotated[
 ]
 TestImagesOpt = Annotated[int | None, typer.Option("--test-images", help="subset of the test set")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="torch threads [all cores]")]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option("--device", help="cpu, cuda or cuda:N [cuda if available, else cpu]"),
+]
 
 
 def _version(value: bool) -> None:
@@ -348,6 +352,7 @@ def search_cmd(
     train_images: TrainImagesOpt = None,
     test_images: TestImagesOpt = None,
     threads: ThreadsOpt = None,
+    device: DeviceOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="run directory [runs/<model>-s<seed>]")
     ] = None,
@@ -388,7 +393,7 @@ def search_cmd(
             target, run_dir=run_dir, resume=resume is not None, data=data, cores=cores,
             recipe=recipe, alpha=alpha, beta=beta, cost=cost, mode=mode, epochs=epochs,
             warmup=warmup, batch=batch, seed=seed, train_images=train_images,
-            test_images=test_images, threads=threads, tau=tau, tau_end=tau_end,
+            test_images=test_images, threads=threads, tau=tau, tau_end=tau_end, device=device,
             progress=live, log=_err,
         )  # fmt: skip
     if result.up_to_date:
@@ -422,6 +427,7 @@ def train_cmd(
     train_images: TrainImagesOpt = None,
     test_images: TestImagesOpt = None,
     threads: ThreadsOpt = None,
+    device: DeviceOpt = None,
     recipe: Annotated[
         str | None,
         typer.Option("--recipe", help="training recipe: default or paper [default]"),
@@ -449,7 +455,7 @@ def train_cmd(
         result = api.retrain(
             spec, data=data, out_dir=out, epochs=epochs, from_scratch=from_scratch,
             train_images=train_images, test_images=test_images, threads=threads, resume=resume,
-            recipe=recipe, progress=live, log=_err,
+            recipe=recipe, device=device, progress=live, log=_err,
         )  # fmt: skip
     if result.up_to_date:
         print(

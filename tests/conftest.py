@@ -11,9 +11,28 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Tests run on the CPU: `--device` defaults to CUDA where torch finds it, so GPUs are hidden from
+# this process and the commands it starts (before torch initialises CUDA).
+# PARNASC_TEST_CUDA=1 keeps them, for the CUDA tests of test_device.py on a machine with one.
+if os.environ.get("PARNASC_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 PARNASC = Path(sys.executable).with_name("parnasc")  # the console script of this venv
 
 RunCli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one thread (bit-exact comparisons within a test), the count restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture

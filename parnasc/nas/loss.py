@@ -30,7 +30,7 @@ equals the expected cost of the sampled architecture over the worst one, minus t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,8 @@ from parnasc.nas.lower import Net
 @dataclass
 class CostModel:
     """The costs of a search space: per candidate of every block, per searchable sync site,
-    and the fixed part every architecture runs (units: FLOPs, or microseconds)."""
+    and the fixed part every architecture runs (units: FLOPs, or microseconds). The block
+    tensors live on the device of the probabilities they are weighed with (`to`)."""
 
     kind: str  # "flops" or "latency"
     blocks: dict[str, torch.Tensor]  # block key (`l1:p2`) -> cost per candidate
@@ -67,23 +68,39 @@ class CostModel:
             ops = sum(float(c.max()) for c in self.blocks.values())
         return ops + sum(self.syncs.values()) + self.fixed
 
+    @property
+    def device(self) -> torch.device:
+        """Where the block tensors are."""
+        return next(iter(self.blocks.values())).device if self.blocks else torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> CostModel:
+        """This cost model with its block tensors on `device` (itself when they are there);
+        `peak` is fixed to `norm`, so the norm never reads the tensors back from it."""
+        device = torch.device(device)
+        if all(c.device == device for c in self.blocks.values()):
+            return self
+        blocks = {k: c.to(device) for k, c in self.blocks.items()}
+        return replace(self, blocks=blocks, peak=self.norm)
+
     def terms(self, probs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss_ops, loss_sync) for the architecture probabilities `probs`."""
+        """(loss_ops, loss_sync) for the architecture probabilities `probs`, on their device
+        (which must be the cost model's, see `to`)."""
         norm = self.norm
+        device = next(iter(probs.values())).device if probs else self.device
         if self.kind == "latency":
-            ops = self._critical_path(probs)
+            ops = self._critical_path(probs, device)
         else:
             ops = torch.stack(
                 [(probs[k] * c).sum() if k in probs else c[0] for k, c in self.blocks.items()]
             ).sum()
-        sync = torch.zeros(())
+        sync = torch.zeros((), device=device)
         for k, c in self.syncs.items():
             sync = sync + probs[k][0] * c
         return ops / norm, sync / norm
 
-    def _critical_path(self, probs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _critical_path(self, probs: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         """Expected finishing time of the slowest path (latency kind; see the module doc)."""
-        t = torch.zeros(self.paths)
+        t = torch.zeros(self.paths, device=device)
         for lv in self.levels:
             block = [
                 (probs[k] * self.blocks[k]).sum()
@@ -95,14 +112,16 @@ class CostModel:
             if lv in self.joins:
                 t = t.max().expand(self.paths)
             elif (k := sync_key(lv)) in self.syncs:
-                q = probs[k][0] if k in probs else torch.ones(())
+                q = probs[k][0] if k in probs else torch.ones((), device=device)
                 t = q * t.max() + (1 - q) * t
         return t.max()
 
     def cost_of(self, choices: dict[str, str], net: Net) -> float:
         """Cost of one concrete architecture (same units as `norm`)."""
         onehot = {
-            k: F.one_hot(torch.tensor(net.choices[k].index(v)), len(net.choices[k])).float()
+            k: F.one_hot(torch.tensor(net.choices[k].index(v)), len(net.choices[k]))
+            .float()
+            .to(self.device)
             for k, v in choices.items()
         }
         ops, sync = self.terms(onehot)
@@ -134,7 +153,7 @@ def total_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Equation (12); returns the loss and its parts for logging."""
     ce = F.cross_entropy(logits, target)
-    ops, sync = costs.terms(probs) if probs else (torch.zeros(()), torch.zeros(()))
+    ops, sync = costs.terms(probs) if probs else (ce.new_zeros(()), ce.new_zeros(()))
     loss = alpha * ce + beta * (ops + sync)
     parts = {"ce": ce.item(), "ops": ops.item(), "sync": sync.item(), "loss": loss.item()}
     return loss, parts

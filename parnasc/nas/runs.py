@@ -110,6 +110,7 @@ class RunRecord(BaseModel):
     settings: _SettingsRecord
     data: DataRecord | None  # None: a run made with the caller's own loaders
     threads: int = Field(ge=1)  # the default of a resume (thread counts change float sums)
+    device: str | None = None  # where it last ran (information: a resume may use another)
 
     def run_settings(self) -> Settings:
         return Settings(**self.settings.model_dump())
@@ -130,6 +131,7 @@ class TrainRecord(BaseModel):
     data: DataRecord
     threads: int = Field(ge=1)  # the default of a resume (thread counts change float sums)
     recipe: Literal["default", "paper"] = "default"  # the training recipe
+    device: str | None = None  # where it last ran (information: a resume may use another)
 
     def identity(self) -> dict[str, Any]:
         """Which training (and how long) a `model.pt` is the result of: a model left by an

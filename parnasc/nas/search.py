@@ -24,6 +24,7 @@ from parnasc.ir.passes.prune import prune
 from parnasc.ir.resources import memory_per_core
 from parnasc.ir.to_pnas import concrete_spec_text
 from parnasc.lang.spec import OptimSpec, Spec
+from parnasc.nas.device import resolve_device
 from parnasc.nas.loss import CostModel, flops_costs, total_loss
 from parnasc.nas.lower import Net, arch_choices, lower
 from parnasc.nas.recipes import Settings, recipe
@@ -41,6 +42,7 @@ from parnasc.nas.train import (
     make_optimizer,
     remove_temporaries,
     set_lr,
+    to_device,
 )
 from parnasc.nas.transfer import transfer_weights
 from parnasc.version import __version__
@@ -142,6 +144,7 @@ def search(
     data: DataRecord | None = None,
     checkpoint: dict[str, Any] | None = None,
     spec_path: Path | None = None,
+    device: torch.device | str | None = None,
 ) -> SearchResult:
     """Search the supernet `ir` with the loaders `train` and `val` (`parnasc.data.cifar.Loader`
     or anything with `set_epoch`, `len` and batches), writing the run directory `run_dir`.
@@ -152,12 +155,15 @@ def search(
     and written after every derived output; the logs are cut back to the checkpoint.
     `checkpoint` is the run's checkpoint when the caller already read it (`read_checkpoint`);
     `data` is recorded in settings.json (None: the caller's own loaders); `spec_path` is where
-    the spec's file is now (default: `spec.file`). `costs` defaults to the flops cost model."""
+    the spec's file is now (default: `spec.file`). `costs` defaults to the flops cost model.
+    The supernet, its optimizers' states, the cost model and the batches live on `device`
+    (default: the CPU; recorded in settings.json); the files hold CPU tensors."""
+    dev = resolve_device(device) if device is not None else torch.device("cpu")
     run_dir.mkdir(parents=True, exist_ok=True)
     check_budget(ir, spec.target.memory)
-    costs = costs or flops_costs(ir)
+    costs = (costs or flops_costs(ir)).to(dev)
     torch.manual_seed(settings.seed)
-    net = lower(ir)
+    net = lower(ir).to(dev)
     w_opt = make_optimizer(net.weight_parameters(), OptimSpec.model_validate(settings.weights))
     a_opt = make_optimizer(list(net.arch.parameters()), OptimSpec.model_validate(settings.arch))
     ck_path = run_dir / "checkpoint.pt"
@@ -184,14 +190,16 @@ def search(
         "spec_hash": spec.spec_hash,
         "settings": json.dumps(asdict(settings), sort_keys=True),
     }
-    record = _run_record(spec, settings, data, Path(spec_path or spec.file))
+    record = _run_record(spec, settings, data, Path(spec_path or spec.file), dev)
     atomic_text(run_dir / "settings.json", json.dumps(record, indent=1) + "\n")
     if report:
         begin = {"epochs": settings.epochs, "batches": len(train), "spec": record["spec"]}
         report("start", start, 0, begin)
     for epoch in range(start + 1, settings.epochs + 1):
         t0 = time.perf_counter()
-        phase, means, agree = _epoch(net, w_opt, a_opt, train, val, costs, settings, epoch, report)
+        phase, means, agree = _epoch(
+            net, w_opt, a_opt, train, val, costs, settings, epoch, report, dev
+        )
         net.temperature = _temperature_after(settings, epoch)
         probs = {k: [round(v, 6) for v in p.tolist()] for k, p in net.probabilities().items()}
         row = {
@@ -231,7 +239,7 @@ def _temperature_after(settings: Settings, epoch: int) -> float:
 
 
 def _run_record(
-    spec: Spec, settings: Settings, data: DataRecord | None, spec_file: Path
+    spec: Spec, settings: Settings, data: DataRecord | None, spec_file: Path, device: torch.device
 ) -> dict[str, Any]:
     """The content of settings.json (`parnasc.nas.runs.RunRecord`)."""
     return {
@@ -243,6 +251,7 @@ def _run_record(
         "settings": asdict(settings),
         "data": None if data is None else data.model_dump(),
         "threads": torch.get_num_threads(),
+        "device": str(device),
     }
 
 
@@ -288,10 +297,12 @@ def _epoch(
     settings: Settings,
     epoch: int,
     report: Report | None,
+    device: torch.device,
 ) -> tuple[str, dict[str, float], dict[str, float]]:
-    """One epoch of weight steps (and architecture steps after the warm-up); returns its phase
-    (`warmup` or `search`), the running means of its batches and the gradient agreement of
-    every decision (`GradientAgreement`; empty in a warm-up epoch)."""
+    """One epoch of weight steps (and architecture steps after the warm-up), the batches moved
+    to `device`; returns its phase (`warmup` or `search`), the running means of its batches
+    and the gradient agreement of every decision (`GradientAgreement`; empty in a warm-up
+    epoch)."""
     epoch_seed(settings.seed, epoch)
     train.set_epoch(epoch)
     val.set_epoch(epoch)
@@ -305,10 +316,12 @@ def _epoch(
     agreement = GradientAgreement()
     for i, (x, y) in enumerate(train):
         set_lr(w_opt, schedule, settings.weights["lr"], (epoch - 1) * len(train) + i, total)
+        x, y = to_device(x, y, device)
         done = (epoch - settings.warmup - 1) * len(train) + i + 1  # search steps after this
         net.temperature = settings.temperature(done / max(1, searched))
         if phase == "search" and settings.mode == "alternate":
             xv, yv = next(val_iter)
+            xv, yv = to_device(xv, yv, device)
             loss, _ = total_loss(
                 net(xv), yv, net.probabilities(), costs, settings.alpha, settings.beta
             )
@@ -342,7 +355,8 @@ def _finish(
     run_dir: Path,
     meta: dict[str, Any],
 ) -> SearchResult:
-    """Derive, write the derived outputs (each atomic) and last result.json, the marker."""
+    """Derive, write the derived outputs (each atomic) and last result.json, the marker. The
+    concrete network is built on the CPU; the searched weights are copied into it there."""
     probs = {k: v.detach().tolist() for k, v in net.probabilities().items()}
     choices = derive(probs, ir, spec.target.memory)
     concrete_ir = prune(ir, choices)

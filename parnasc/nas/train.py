@@ -23,6 +23,7 @@ from parnasc.files import atomic_path
 from parnasc.files import write_text as atomic_text
 from parnasc.ir.frontend import compile_file
 from parnasc.lang.spec import OptimSpec, Spec
+from parnasc.nas.device import module_device, on_cpu, resolve_device
 from parnasc.nas.lower import Net, lower
 from parnasc.nas.recipes import TRAIN_RECIPES, Recipe
 from parnasc.nas.runs import TrainRecord, one_line
@@ -110,11 +111,13 @@ class WeightAverage:
 def evaluate(
     net: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], flip: bool = False
 ) -> float:
-    """Top-1 accuracy in [0, 1]; `flip` averages the logits of each image and its mirror
-    image (test-time augmentation)."""
+    """Top-1 accuracy in [0, 1], the batches moved to the network's device; `flip` averages
+    the logits of each image and its mirror image (test-time augmentation)."""
     net.eval()
+    device = module_device(net)
     correct = total = 0
     for x, y in batches:
+        x, y = to_device(x, y, device)
         logits = net(x)
         if flip:
             logits = logits + net(x.flip(3))
@@ -123,10 +126,18 @@ def evaluate(
     return correct / max(1, total)
 
 
+def to_device(
+    x: torch.Tensor, y: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on `device` (the same tensors where they are there already)."""
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
+    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint.
+    Tensors are saved from the CPU (`device.on_cpu`), so the file loads on any machine."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        torch.save(on_cpu(obj), tmp)
 
 
 def load_checkpoint(path: Path, keys: tuple[str, ...] = ("net",)) -> dict[str, Any]:
@@ -293,6 +304,7 @@ def retrain(
     resume: bool = False,
     record: TrainRecord | None = None,
     recipe: Recipe = TRAIN_RECIPES["default"],
+    device: torch.device | str | None = None,
 ) -> Accuracy:
     """Train a concrete network for `epochs` with `recipe` (its optimizer when it names one,
     else `optim`), checkpointing every epoch; returns the test accuracy of the network kept
@@ -300,7 +312,11 @@ def retrain(
 
     `resume` continues from `train_checkpoint.pt` when there is one. A new training first
     removes the old checkpoint and log, then writes `record` (`train_settings.json`); the
-    finished model (`model.pt`, written last) carries the record's identity."""
+    finished model (`model.pt`, written last) carries the record's identity. `net` is moved
+    to `device` (default: the CPU) with its optimizer state, weight average and batches;
+    the files hold CPU tensors."""
+    dev = resolve_device(device) if device is not None else torch.device("cpu")
+    net.to(dev)
     ck_path = out_dir / "train_checkpoint.pt"
     log = JsonLog(out_dir / "train_metrics.jsonl")
     remove_temporaries(out_dir, TRAIN_OUTPUTS)
@@ -333,6 +349,7 @@ def retrain(
         meter = Meter()
         for i, (x, y) in enumerate(train):
             set_lr(opt, recipe.schedule, optim.lr, (epoch - 1) * len(train) + i, total)
+            x, y = to_device(x, y, dev)
             logits = net(x)
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
