@@ -20,14 +20,6 @@ from parnasc.nas.train import WeightAverage, evaluate, param_groups, retrain
 from tests.test_search import SMALL
 
 
-@pytest.fixture
-def one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _data(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n)
@@ -53,7 +45,7 @@ def test_temperature_is_geometric_from_tau_to_tau_end() -> None:
 
 
 def test_annealed_search_logs_and_derives_at_the_final_temperature(
-    tmp_path: Path, one_thread: object
+    tmp_path: Path, one_thread: None
 ) -> None:
     from parnasc.nas.lower import lower
     from parnasc.nas.search import search
@@ -94,7 +86,7 @@ def test_gradient_agreement_separates_a_push_from_noise() -> None:
 
 
 def test_paper_recipe_search_is_constant_lr_without_augmentation(
-    tmp_path: Path, one_thread: object
+    tmp_path: Path, one_thread: None
 ) -> None:
     """`--recipe paper`: SGD at lr 0.0001 for the weights and 0.1 for the decision variables,
     no schedule, no warm-up, no augmentation, the plain softmax."""
@@ -156,7 +148,7 @@ def test_param_groups_keep_norms_and_biases_out_of_weight_decay() -> None:
 
 
 @pytest.mark.parametrize("name", ["default", "paper"])
-def test_retrain_follows_its_recipe(tmp_path: Path, name: str, one_thread: object) -> None:
+def test_retrain_follows_its_recipe(tmp_path: Path, name: str, one_thread: None) -> None:
     """The default recipe keeps the weight average and reports flip TTA separately; the
     paper's trains with SGD at a constant lr 0.0001 whatever the spec's optimizer."""
     from parnasc.ir.passes.prune import prune

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -675,17 +674,6 @@ def test_train_resume_keeps_its_settings(
 
 class _Stop(Exception):
     pass
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """torch on one thread (bit-exact comparisons), the process's count restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("mode", ["joint", "alternate"])
