@@ -34,16 +34,6 @@ NO_CUDA = f"CUDA is not available on this machine (torch {torch.__version__})"
 META = torch.device("meta")
 
 
-@pytest.fixture
-def one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # --- resolving --------------------------------------------------------------------------------
 
 
@@ -242,7 +232,7 @@ def _loaders() -> tuple[Loader, Loader]:
 @cuda
 @pytest.mark.parametrize("cost", ["flops", "latency"])
 def test_a_cuda_search_saves_cpu_files_and_resumes_on_the_cpu(
-    tmp_path: Path, cost: str, one_thread: Any
+    tmp_path: Path, cost: str, one_thread: None
 ) -> None:
     from parnasc.nas.search import search
     from parnasc.nas.train import load_checkpoint
@@ -268,7 +258,9 @@ def test_a_cuda_search_saves_cpu_files_and_resumes_on_the_cpu(
 
 
 @cuda
-def test_a_cuda_retraining_keeps_its_average_on_the_device(tmp_path: Path, one_thread: Any) -> None:
+def test_a_cuda_retraining_keeps_its_average_on_the_device(
+    tmp_path: Path, one_thread: None
+) -> None:
     from parnasc.ir.passes.prune import prune
     from parnasc.lang.spec import OptimSpec
     from parnasc.nas.recipes import recipe
