@@ -591,6 +591,105 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         fig.savefig(tmp)
 
 
+@app.command("experiment")
+def experiment_cmd(
+    file: Annotated[Path, typer.Argument(help="an experiment file (.toml)", show_default=False)],
+    budget: Annotated[
+        str, typer.Option("--budget", help="quick, paper, or a budget the file defines")
+    ] = "quick",
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="run only these runs or groups (glob patterns; repeatable)"),
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option("--shard", help="I/N: every N-th run from the I-th (jobs sharing a disk)"),
+    ] = None,
+    data: DataOpt = None,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output directory [runs/experiments/NAME-BUDGET]")
+    ] = None,
+    plan_only: Annotated[
+        bool, typer.Option("--plan", help="list the runs and what is done; run nothing")
+    ] = False,
+) -> None:
+    """Run an experiment: searches over a grid of settings, fixed and random architectures,
+    each an ordinary run directory (resumed where it stopped, skipped when complete); then
+    write results.csv, results.json, report.md and plots/ beside them.
+
+    Example: parnasc experiment experiments/table2.toml --budget quick --data cifar10.tar.gz
+    """
+    from parnasc import experiment
+
+    if plan_only:
+        _print_plan(experiment.plan(file, budget=budget, only=only or (), shard=shard), out)
+        return
+    with _Stages() as live:
+        result = experiment.run(
+            file, budget=budget, only=only or (), shard=shard, out_dir=out, data=data,
+            threads=threads, device=device, progress=live, log=_err,
+        )  # fmt: skip
+    print(
+        f"{result.out_dir}: {len(result.ran)} runs ran, {len(result.skipped)} were complete already"
+    )
+    if result.report is not None:
+        for v in result.report.verdicts:
+            print(v.sentence())
+        print(f"wrote {result.report.markdown}")
+
+
+def _print_plan(p: Any, out: Path | None) -> None:
+    from parnasc.experiment import default_out
+    from parnasc.experiment.gather import gather_run
+
+    root = out or default_out(p.experiment, p.budget)
+    print(f"{p.experiment.file}: budget {p.budget}, {len(p.runs)} runs, {len(p.selected)} selected")
+    for r in p.selected:
+        d = root / r.name
+        status = gather_run(d)["status"] if (d / "run.json").is_file() else "pending"
+        seeds = ",".join(map(str, r.train_seeds))
+        print(f"  {r.name:<24} {r.kind:<7} seeds {seeds:<10} {status}")
+
+
+class _Stages(_Live):
+    """The live display of a sequence of runs: a new one at every "start" report."""
+
+    def __call__(self, phase: str, epoch: int, batch: int, values: dict[str, Any]) -> None:
+        if phase == "start" and self.display is not None:
+            self.display.__exit__(None, None, None)
+            self.display = None
+        super().__call__(phase, epoch, batch, values)
+
+
+@app.command("report")
+def report_cmd(
+    dirs: Annotated[
+        list[Path],
+        typer.Argument(help="run directories, or experiment directories", show_default=False),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output directory [the first directory]")
+    ] = None,
+) -> None:
+    """Gather experiment directories into results.csv, results.json, report.md and plots/
+    (accuracy against latency and FLOPs with the Pareto front, decisions over the epochs,
+    training curves); for one run directory, draw its pictures into RUN/plots.
+
+    Example: parnasc report runs/experiments/table2-quick runs/experiments/random-quick
+    """
+    from parnasc import experiment
+
+    result = experiment.report(dirs, out_dir=out)
+    for v in result.verdicts:
+        print(v.sentence())
+    for f in result.files:
+        print(f"wrote {f}")
+    if not result.files:
+        print(f"{dirs[0]}: nothing to draw yet")
+
+
 # --- helpers shared by commands ------------------------------------------------------------
 
 

@@ -22,8 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "parnasc"
 
-# Layers, lowest first:  base < lang < ir < {data, nas, viz} < deploy < api < cli.  A module may
-# import modules of its own group and of the groups listed for that group, nothing else.
+# Layers, lowest first:  base < lang < ir < {data, nas, viz} < deploy < api < experiment < cli.
+# A module may import modules of its own group and of the groups listed for that group, nothing
+# else.  ``experiment``: experiment files, their runs (through the API), reports and plots.
 # ``base``: the top-level helpers every layer may use.  ``api``: the package root (the API
 # facade, whose names load their modules lazily) and ``parnasc/api.py``; so the root is no
 # place for what lower layers need (``__version__`` belongs in a base module).
@@ -43,7 +44,8 @@ ALLOWED: dict[str, set[str]] = {
     "viz": {"base", "lang", "ir"},
     "deploy": {"base", "lang", "ir"},
     "api": {"base", "lang", "ir", "data", "nas", "viz", "deploy"},
-    "cli": {"base", "lang", "ir", "data", "nas", "viz", "deploy", "api"},
+    "experiment": {"base", "lang", "ir", "data", "nas", "viz", "deploy", "api"},
+    "cli": {"base", "lang", "ir", "data", "nas", "viz", "deploy", "api", "experiment"},
 }
 # Single modules allowed more than their group: the torch side of deploy (export of a lowered
 # network, and the emit pass that calls it) may use the lowering.
