@@ -66,9 +66,11 @@ class Run:
     def identity(self) -> dict[str, Any]:
         """What the directory's results depend on beyond what the API's resume rules check
         (seeds may be added, epochs extended, benching turned on or off)."""
-        keep = ("kind", "spec", "search", "choices", "recipe", "from_scratch")
+        keep = ("kind", "spec", "choices", "recipe", "from_scratch")
+        search = {k: v for k, v in self.search.items() if k != "epochs"}  # the API extends
         return {k: v for k, v in asdict(self).items() if k in keep} | {
-            "images": [self.train_images, self.test_images]
+            "search": search,
+            "images": [self.train_images, self.test_images],
         }
 
 
