@@ -654,13 +654,20 @@ def _print_plan(p: Any, out: Path | None) -> None:
 
 
 class _Stages(_Live):
-    """The live display of a sequence of runs: a new one at every "start" report."""
+    """The live display of a sequence of runs: one per search or training, from its "start"
+    report to its last epoch's end (the runner's lines go between them)."""
 
     def __call__(self, phase: str, epoch: int, batch: int, values: dict[str, Any]) -> None:
-        if phase == "start" and self.display is not None:
+        if phase == "start":
+            self._close()
+        super().__call__(phase, epoch, batch, values)
+        if phase.endswith("-end") and self.display is not None and epoch >= self.display.epochs:
+            self._close()
+
+    def _close(self) -> None:
+        if self.display is not None:
             self.display.__exit__(None, None, None)
             self.display = None
-        super().__call__(phase, epoch, batch, values)
 
 
 @app.command("report")

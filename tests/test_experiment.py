@@ -473,7 +473,7 @@ def test_the_report_beside_the_paper(fabricated: Path, tmp_path: Path) -> None:
     rep = experiment.report(fabricated, out_dir=tmp_path)
     names = {p.name for p in rep.files}
     for stem in ("accuracy-latency", "accuracy-flops", "curves", "decisions-table2-beta1",
-                 "curves-table2-beta1"):  # fmt: skip
+                 "curves-table2-beta1", "decisions-table2-beta0.001"):  # fmt: skip
         assert {f"{stem}.png", f"{stem}.svg"} <= names, stem
     with open(tmp_path / "results.csv", newline="") as fh:
         table = {r["name"]: r for r in csv.DictReader(fh)}

@@ -14,7 +14,7 @@ The layer above `parnasc.api` (docs/experiments.md); importing it loads no torch
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,7 +39,6 @@ class ExperimentResult:
     plan: Plan
     outcomes: list[Outcome]  # one per selected run
     report: Report | None = None  # None with report=False
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def ran(self) -> list[str]:

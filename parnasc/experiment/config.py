@@ -346,7 +346,7 @@ def _checked(
     return out
 
 
-def _table(file: Path, lines: _Lines, name: str, v: Any, index: int = 0) -> dict[str, Any]:
+def _table(file: Path, lines: _Lines, name: str, v: Any) -> dict[str, Any]:
     if not isinstance(v, dict):
         line = lines.key("", 0, name)
         raise UserError(f"{file}:{line}: {name}: expected a table, got {_type_name(v)}")
@@ -368,7 +368,7 @@ def _groups(
         raise UserError(f"{file}:{line}: {kind}: expected [[{kind}]] tables, got {_type_name(raw)}")
     out = []
     for i, t in enumerate(raw):
-        values = _checked(file, lines, kind, i, _table(file, lines, kind, t, i), GROUP_KEYS[kind])
+        values = _checked(file, lines, kind, i, _table(file, lines, kind, t), GROUP_KEYS[kind])
         head = lines.table(kind, i)
         merged = {k: v for k, v in defaults.items() if k in GROUP_KEYS[kind]} | values
         if "spec" not in merged:

@@ -50,10 +50,10 @@ def _figure(width: float, height: float) -> Iterator[Figure]:
 
 
 def save(fig: Figure, stem: Path) -> list[Path]:
-    """`stem.png` (200 dpi) and `stem.svg`, each written atomically."""
+    """`STEM.png` (200 dpi) and `STEM.svg`, each written atomically."""
     out = []
     for suffix, extra in ((".png", {"dpi": 200}), (".svg", {"metadata": {"Date": None}})):
-        path = stem.with_suffix(suffix)
+        path = stem.parent / (stem.name + suffix)  # names hold dots: beta0.001
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=suffix[1:], **extra)
         out.append(path)
@@ -131,8 +131,9 @@ def _labels(run_dir: Path, keys: list[str]) -> dict[str, list[str]]:
 
 def probabilities(run_dir: Path, stem: Path, title: str | None = None) -> list[Path]:
     """Every decision's candidate probabilities over the epochs of the search in `run_dir`
-    (one panel per decision: a row per level, a column per path and one for the sync site);
-    warm-up epochs shaded. Nothing without an `arch.jsonl`."""
+    (one panel per decision: a row per level, a column per path and one for the sync site),
+    from the uniform start (epoch 0); warm-up epochs shaded, the decided line at 0.9.
+    Nothing without an `arch.jsonl`."""
     rows = read_jsonl(run_dir / "arch.jsonl")
     if not rows:
         return []
@@ -167,11 +168,11 @@ def probabilities(run_dir: Path, stem: Path, title: str | None = None) -> list[P
                         label=names[n] if n < len(names) else f"#{n + 1}",
                     )  # fmt: skip
                 if warm:
-                    ax.axvspan(min(warm) - 0.5, max(warm) + 0.5, color="#dddddd", linewidth=0)
+                    ax.axvspan(min(warm) - 1, max(warm), color="#e4e4e4", linewidth=0)
                 ax.set_ylim(-0.03, 1.03)
                 ax.set_title(k, fontsize=8, pad=2)
                 ax.axhline(0.9, color="#bbbbbb", linewidth=0.5, linestyle=":")
-                ax.legend(loc="center left", frameon=False, fontsize=6, handlelength=1)
+                ax.legend(loc="best", frameon=False, fontsize=6, handlelength=1)
                 if i == len(levels) - 1:
                     ax.set_xlabel("epoch")
                 if j == 0:
