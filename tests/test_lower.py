@@ -16,6 +16,7 @@ from parnasc.ir.frontend import compile_file, compile_source
 from parnasc.ir.graph import IR
 from parnasc.ir.passes.prune import prune
 from parnasc.lang.spec import Spec
+from parnasc.nas import conv_grad
 from parnasc.nas import lower as lower_module
 from parnasc.nas.lower import MixedOp, Net, arch_choices, lower
 from parnasc.nas.transfer import TransferError, transfer_weights
@@ -391,7 +392,7 @@ def test_fused_forward_computes_the_plain_supernet(
         return real(*args)
 
     monkeypatch.setattr(lower_module, "_run_shared_level", spy)
-    x = _input(spec, seed=4, dtype=dtype)
+    x = _input(spec, seed=4, dtype=dtype)[:2]  # two images: BN batch statistics, less time
     tol = FUSED_TOL[dtype]
     for mode in ("train", "train", "eval"):
         fused.train(mode == "train")
@@ -471,3 +472,81 @@ def test_direct_mix_backward(layout: torch.memory_format) -> None:
             assert got is None
         else:
             torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+# --- the input gradient by phases (parnasc/nas/conv_grad.py) --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "k", "stride", "size"),
+    [
+        (8, 16, 5, 1, 8),
+        (8, 16, 3, 1, 8),
+        (3, 4, 5, 2, 8),
+        (8, 16, 3, 2, 12),
+        (4, 8, 7, 2, 8),
+        (8, 8, 3, 1, 6),
+        (2, 3, 5, (2, 1), (8, 6)),
+    ],
+)
+def test_phase_input_gradient_is_the_convolution_gradient(
+    c_in: int, c_out: int, k: int, stride: Any, size: Any
+) -> None:
+    """The phase convolution gives conv2d's input gradient (float64: only the order of the
+    sums differs, so 1e-12), for strides 1 and 2, odd kernels and non-square maps."""
+    stride = (stride, stride) if isinstance(stride, int) else stride
+    size = (size, size) if isinstance(size, int) else size
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, c_in, *size, generator=g, dtype=torch.float64)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(c_out, c_in, k, k, generator=g, dtype=torch.float64)
+    pad = (k // 2, k // 2)
+    out = torch.nn.functional.conv2d(x, w, None, stride, pad)
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    want = torch.ops.aten.convolution_backward(
+        grad, x, w, None, list(stride), list(pad), [1, 1], False, [0, 0], 1, [True, False, False]
+    )[0]
+    got = conv_grad.input_grad(grad, w, stride, pad, size)
+    assert got is not None
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_phase_input_gradient_declines_what_it_cannot_split() -> None:
+    """An odd map size under stride 2 (the phases would differ in size): None, torch's own
+    gradient is used."""
+    w = torch.randn(4, 3, 3, 3)
+    grad = torch.randn(1, 4, 4, 4).contiguous(memory_format=torch.channels_last)
+    assert conv_grad.input_grad(grad, w, (2, 2), (1, 1), (7, 7)) is None
+
+
+def test_phase_convolution_gradients() -> None:
+    """conv_grad.conv2d is F.conv2d with both gradients (gradcheck, float64)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    for stride in ((1, 1), (2, 2)):
+        assert torch.autograd.gradcheck(
+            lambda x, w, s=stride: conv_grad.conv2d(x, w, s, (1, 1)), (x, w)
+        )
+
+
+def test_fused_supernet_uses_phase_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In float32 training, the 8-channel inputs of specs/cifar.pnas (level 1 on all paths at
+    once, level 2 per candidate) take their gradient by phases; the float32 comparison with
+    the plain forward (test_fused_forward_computes_the_plain_supernet) covers the result."""
+    spec, fused, _ = _fused_pair("cifar", torch.float32)
+    used = []
+    real = conv_grad.input_grad
+
+    def spy(*args: Any) -> torch.Tensor | None:
+        out = real(*args)
+        used.append(out is not None)
+        return out
+
+    monkeypatch.setattr(conv_grad, "input_grad", spy)
+    fused.train()
+    fused(_input(spec, seed=4)).sum().backward()
+    assert used == [True] * 6  # 2 at level 1 (3x3, 5x5 of both paths), 4 at level 2

@@ -33,6 +33,7 @@ from torch import nn
 
 from parnasc.ir.graph import IR, Node, arch_key, block_key, sync_key
 from parnasc.lang import ops
+from parnasc.nas import conv_grad
 
 
 def _foldable(m: nn.Module) -> bool:
@@ -76,7 +77,7 @@ def _folded(m: nn.Module, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """p * m(x) for a `_foldable` module and p >= 0."""
     seq = cast(nn.Sequential, m)
     for layer in list(seq)[:-2]:
-        x = layer(x)
+        x = conv_grad.forward(layer, x)
     return _scaled_bn_relu(cast(nn.BatchNorm2d, seq[-2]), x, p)
 
 
@@ -260,15 +261,12 @@ def _run_shared_level(
         convs = [cast(nn.Conv2d, s[0]) for s in seqs]
         bns = [cast(nn.BatchNorm2d, s[1]) for s in seqs]
         c0 = convs[0]
-        z = F.conv2d(
-            x,
-            torch.cat([c.weight for c in convs]),
-            None,
-            c0.stride,
-            cast(tuple[int, int], c0.padding),
-            c0.dilation,
-            c0.groups,
-        )
+        weight = torch.cat([c.weight for c in convs])
+        pad = cast(tuple[int, int], c0.padding)
+        if c0.dilation == (1, 1) and c0.groups == 1 and conv_grad.usable(x, weight):
+            z = conv_grad.conv2d(x, weight, c0.stride, pad)
+        else:
+            z = F.conv2d(x, weight, None, c0.stride, pad, c0.dilation, c0.groups)
         factor = [_bn_factor(bn) for bn in bns][-1]  # counts every BN's batch; all alike
         gamma = torch.cat([bn.weight * w[j] for bn, w in zip(bns, ws, strict=True)])
         beta = torch.cat([bn.bias * w[j] for bn, w in zip(bns, ws, strict=True)])
