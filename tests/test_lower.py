@@ -550,3 +550,19 @@ def test_fused_supernet_uses_phase_gradients(monkeypatch: pytest.MonkeyPatch) ->
     fused.train()
     fused(_input(spec, seed=4)).sum().backward()
     assert used == [True] * 6  # 2 at level 1 (3x3, 5x5 of both paths), 4 at level 2
+
+
+def test_fused_arch_only_gradient() -> None:
+    """torch.autograd.grad over the architecture parameters alone (an architecture step that
+    skips the weight gradients) gives the plain forward's gradients; the phase-gradient
+    convolutions leave the weight gradient to torch's own node, which is then not run."""
+    spec, fused, plain = _fused_pair("cifar", torch.float32)
+    x = _input(spec, seed=4)
+    grads = []
+    for net in (fused, plain):
+        net.train()
+        torch.manual_seed(7)
+        loss = net(x).square().mean()
+        grads.append(torch.autograd.grad(loss, list(net.arch.values())))
+    for got, want in zip(*grads, strict=True):
+        _close(got, want, FUSED_TOL[torch.float32], "arch gradient")

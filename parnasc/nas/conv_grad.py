@@ -104,42 +104,28 @@ def input_grad(
     return out.reshape(n, size[0], size[1], c_in).permute(0, 3, 1, 2)
 
 
-class _Conv(torch.autograd.Function):
+class _InputGrad(torch.autograd.Function):
+    """The identity on z = conv2d(x.detach(), w), whose own node gives w its gradient (and is
+    skipped where w's gradient is not asked for); this one gives x its gradient by phases."""
+
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, w: torch.Tensor, stride: Any, padding: Any
+        ctx: Any, z: torch.Tensor, x: torch.Tensor, w: torch.Tensor, stride: Any, padding: Any
     ) -> torch.Tensor:
-        ctx.save_for_backward(x, w)
-        ctx.conf = (tuple(stride), tuple(padding))
-        return F.conv2d(x, w, None, stride, padding)
+        ctx.save_for_backward(w)
+        ctx.conf = (tuple(stride), tuple(padding), (x.shape[2], x.shape[3]))
+        return z  # returned as is: a view of z for autograd, not to be modified in place
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> Any:
-        x, w = ctx.saved_tensors
-        stride, padding = ctx.conf
-        g = g.contiguous(memory_format=torch.channels_last)
-        g_x = g_w = None
-        if ctx.needs_input_grad[0]:
-            g_x = input_grad(g, w, stride, padding, (x.shape[2], x.shape[3]))
-            if g_x is None:
-                g_x = _torch_grads(g, x, w, stride, padding, (True, False))[0]
+        (w,) = ctx.saved_tensors
+        stride, padding, size = ctx.conf
+        g_x = None
         if ctx.needs_input_grad[1]:
-            g_w = _torch_grads(g, x, w, stride, padding, (False, True))[1]
-        return g_x, g_w, None, None
-
-
-def _torch_grads(
-    g: torch.Tensor,
-    x: torch.Tensor,
-    w: torch.Tensor,
-    stride: Any,
-    padding: Any,
-    mask: tuple[bool, bool],
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    gx, gw, _ = torch.ops.aten.convolution_backward(
-        g, x, w, None, list(stride), list(padding), [1, 1], False, [0, 0], 1, [*mask, False]
-    )
-    return gx, gw
+            g_x = input_grad(
+                g.contiguous(memory_format=torch.channels_last), w, stride, padding, size
+            )
+        return g, g_x, None, None, None
 
 
 def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -171,12 +157,20 @@ def applies(conv: nn.Module, x: torch.Tensor) -> bool:
 
 
 def conv2d(x: torch.Tensor, w: torch.Tensor, stride: Any, padding: Any) -> torch.Tensor:
-    """F.conv2d(x, w, None, stride, padding) with the phase-convolution input gradient."""
-    return cast(torch.Tensor, _Conv.apply(x, w, stride, padding))
+    """F.conv2d(x, w, None, stride, padding), x's gradient by phases where the plan applies.
+    The result must not be modified in place (a batch norm follows it here)."""
+    stride, padding = tuple(stride), tuple(padding)
+    size = (x.shape[2], x.shape[3])
+    kernel = (w.shape[2], w.shape[3])
+    out = tuple((size[i] + 2 * padding[i] - kernel[i]) // stride[i] + 1 for i in range(2))
+    if _plan(kernel, stride, padding, size, out) is None:
+        return F.conv2d(x, w, None, stride, padding)
+    z = F.conv2d(x.detach(), w, None, stride, padding)
+    return cast(torch.Tensor, _InputGrad.apply(z, x, w.detach(), stride, padding))
 
 
 def forward(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)`, by `conv2d` where `applies`."""
+    """`conv(x)`, by `conv2d` where `applies` (then not to be modified in place)."""
     if applies(conv, x):
         c = conv
         assert isinstance(c, nn.Conv2d)

@@ -25,6 +25,7 @@ plain per-candidate computation.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, cast
 
 import torch
@@ -75,10 +76,11 @@ def _scaled_bn_relu(bn: nn.BatchNorm2d, z: torch.Tensor, p: torch.Tensor) -> tor
 
 def _folded(m: nn.Module, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """p * m(x) for a `_foldable` module and p >= 0."""
-    seq = cast(nn.Sequential, m)
-    for layer in list(seq)[:-2]:
-        x = conv_grad.forward(layer, x)
-    return _scaled_bn_relu(cast(nn.BatchNorm2d, seq[-2]), x, p)
+    layers = list(cast(nn.Sequential, m))
+    for layer, after in itertools.pairwise(layers[:-1]):  # up to the BN's input
+        # a conv's input gradient by phases where a batch norm (not in place) reads its output
+        x = conv_grad.forward(layer, x) if type(after) is nn.BatchNorm2d else layer(x)
+    return _scaled_bn_relu(cast(nn.BatchNorm2d, layers[-2]), x, p)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
