@@ -83,6 +83,12 @@ def test_gradient_agreement_separates_a_push_from_noise() -> None:
         net.arch["b"].grad = torch.tensor([1.0, -1.0]) * (-1) ** i  # back and forth
         agree.add(net)  # type: ignore[arg-type]
     assert agree.values() == {"a": pytest.approx(4.0), "b": pytest.approx(0.0)}
+    tiny = GradientAgreement()  # float32 squares of these would underflow to 0
+    for _ in range(9):
+        net.arch["a"].grad = torch.tensor([3e-23, -3e-23])
+        net.arch["b"].grad = torch.zeros(2)  # no gradient at all: no agreement
+        tiny.add(net)  # type: ignore[arg-type]
+    assert tiny.values() == {"a": pytest.approx(3.0), "b": 0.0}
 
 
 def test_paper_recipe_search_is_constant_lr_without_augmentation(

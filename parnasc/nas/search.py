@@ -272,7 +272,7 @@ class GradientAgreement:
         for k, p in net.arch.items():
             if p.grad is None:
                 continue
-            g = p.grad.detach()
+            g = p.grad.detach().double()  # float32 squares of tiny gradients underflow
             if k in self.sums:
                 self.sums[k] += g
                 self.squares[k] += g * g
@@ -282,7 +282,8 @@ class GradientAgreement:
     def values(self) -> dict[str, float]:
         out = {}
         for k, s in self.sums.items():
-            z = s.abs() / self.squares[k].sqrt().clamp_min(1e-30)
+            root = self.squares[k].sqrt()
+            z = torch.where(root > 0, s.abs() / root, torch.zeros_like(s))
             out[k] = round(float(z.max()), 3)
         return out
 
