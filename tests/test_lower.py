@@ -417,12 +417,32 @@ def test_fused_forward_at_a_low_temperature(name: str) -> None:
     assert probs.min() < 1e-20  # the check covers (near-)zero probabilities
 
 
-def test_concrete_network_stays_plain() -> None:
-    """One candidate per block: no fused path (no mixing weights to fold, nothing searched)."""
-    _, ir = _cifar()
-    net = lower(prune(ir, {k: v[0] for k, v in arch_choices(ir).items()}))
-    assert not net.is_supernet
-    assert not net.shared_levels
+def test_concrete_network_takes_only_phase_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One candidate per block: nothing is folded or run as one level (no mixing weights,
+    nothing searched); only the 8-channel inputs' gradients come by phases, and outputs,
+    gradients and BN statistics agree with the plain forward in float32 training."""
+    spec, ir = _cifar()
+    choices = {k: v[-1] for k, v in arch_choices(ir).items() if not k.endswith(":sync")}
+    choices |= {k: "none" for k in arch_choices(ir) if k.endswith(":sync")}
+    torch.manual_seed(0)
+    fused = lower(prune(ir, choices))
+    assert not fused.is_supernet and not fused.shared_levels
+    _randomise(fused, seed=1)
+    plain = copy.deepcopy(fused)
+    plain.fused = False
+    used = []
+    real = conv_grad.input_grad
+
+    def spy(*args: Any) -> torch.Tensor | None:
+        out = real(*args)
+        used.append(out is not None)
+        return out
+
+    monkeypatch.setattr(conv_grad, "input_grad", spy)
+    fused.train()
+    plain.train()
+    _compare(fused, plain, _input(spec, seed=4), FUSED_TOL[torch.float32])
+    assert used == [True] * 4  # levels 1 and 2 of both paths (8-channel inputs)
 
 
 def test_folded_mixed_op_is_the_weighted_sum() -> None:

@@ -17,7 +17,11 @@ or how its parameters are stored (one module per candidate, so state_dicts, chec
 * a level whose paths all read the same tensor (after the stem or an always-on sync) runs
   candidate j of every path as one convolution (the paths' weights concatenated) and one
   batch norm over the concatenated channels, writing the running statistics back to each
-  candidate's BN as `nn.BatchNorm2d` does; the paths' outputs stay one tensor for the sync.
+  candidate's BN as `nn.BatchNorm2d` does; the paths' outputs stay one tensor for the sync;
+* equation (3) is one autograd function for all paths (`_Direct`);
+* the input gradient of a convolution over an 8-channel input is one full-width convolution
+  over the input's phases (`parnasc.nas.conv_grad`); this alone also applies to the blocks of
+  concrete networks, in training only (not under no_grad, so not in exports).
 
 `tests/test_lower.py` checks outputs, gradients and BN statistics against `fused = False`, the
 plain per-candidate computation.
@@ -72,6 +76,18 @@ def _scaled_bn_relu(bn: nn.BatchNorm2d, z: torch.Tensor, p: torch.Tensor) -> tor
         factor,
         bn.eps,
     ).relu_()
+
+
+def _sequential(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """m(x); where m is a Sequential, a convolution followed by a batch norm takes its input
+    gradient by phases (`conv_grad`)."""
+    if type(m) is not nn.Sequential:
+        return cast(torch.Tensor, m(x))
+    layers: list[nn.Module] = list(m)
+    for i, layer in enumerate(layers):
+        bn_next = i + 1 < len(layers) and type(layers[i + 1]) is nn.BatchNorm2d
+        x = conv_grad.forward(layer, x) if bn_next else layer(x)
+    return x
 
 
 def _folded(m: nn.Module, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -384,7 +400,9 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = self.probabilities() if self.arch else {}
-        fused = self.fused and bool(probs)  # only supernets: concrete networks stay plain
+        # Supernets only; a block of one op (every block of a concrete network) runs as it is,
+        # only its convolutions' input gradients by phases (exact, faster) where `fused`.
+        fused = self.fused and bool(probs)
         x = self.stem(x)
         outs = [x] * self.n_paths
         for lv in self.levels:
@@ -397,7 +415,7 @@ class Net(nn.Module):
                 outs = list(stacked.chunk(self.n_paths, dim=1))
             else:
                 outs = [
-                    self._run_block(lv, p, b, o, probs, fused)
+                    self._run_block(lv, p, b, o, probs, fused, self.fused)
                     for p, b, o in zip(self._ps, blocks, outs, strict=True)
                 ]
             if lv in self.syncs:
@@ -420,9 +438,10 @@ class Net(nn.Module):
         x: torch.Tensor,
         probs: dict[str, torch.Tensor],
         fused: bool,
+        phases: bool,
     ) -> torch.Tensor:
         if not isinstance(block, MixedOp):
-            return block(x)
+            return _sequential(block, x) if phases else block(x)
         w = probs[block_key(lv, p)]
         return block.forward_folded(x, w) if fused else block(x, w)
 
