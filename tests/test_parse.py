@@ -245,7 +245,8 @@ def test_spec_hash_ignores_formatting_and_comments() -> None:
 
 def test_spec_hash_sees_meaning() -> None:
     text = CIFAR.read_text()
-    assert spec_hash(text.replace("epochs 30", "epochs 31")) != spec_hash(text)
+    assert "\n  epochs 20\n" in text  # a replace that finds nothing would prove nothing
+    assert spec_hash(text.replace("\n  epochs 20\n", "\n  epochs 21\n")) != spec_hash(text)
     assert spec_hash(text.replace("conv(k=3) | conv(k=5)", "conv(k=5) | conv(k=3)")) != spec_hash(
         text
     )
