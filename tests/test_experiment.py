@@ -67,7 +67,7 @@ def test_the_shipped_experiments_plan() -> None:
     assert all(r.kind == "search" and r.paper == "table2" for r in table2.runs)
     r = table2.runs[0]
     assert r.search == {"alpha": 0.28, "beta": 1.0, "epochs": 6, "warmup": 1}
-    assert (r.train_images, r.test_images, r.train_seeds, r.retrain_epochs) == (5000, 1000, [0], 4)
+    assert (r.train_images, r.test_images, r.train_seeds, r.retrain_epochs) == (10000, 2000, [0], 8)
     paper = experiment.plan(ROOT / "experiments/table2.toml", budget="paper")
     p = paper.runs[0]
     assert p.search == {"alpha": 0.28, "beta": 1.0} and p.train_seeds == [0, 1, 2, 3, 4]

@@ -213,11 +213,11 @@ class Budget:
 # architecture (the paper averages 5).
 BUDGETS: dict[str, Budget] = {
     "quick": Budget(
-        train_images=5000,
-        test_images=1000,
+        train_images=10000,
+        test_images=2000,
         epochs=6,
         warmup=1,
-        retrain_epochs=4,
+        retrain_epochs=8,
         train_seeds=[0],
         random_count=4,
     ),

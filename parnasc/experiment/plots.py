@@ -49,6 +49,13 @@ def _figure(width: float, height: float) -> Iterator[Figure]:
         yield fig
 
 
+def _whole(ax: Any) -> None:
+    """Whole-number ticks (epochs)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def save(fig: Figure, stem: Path) -> list[Path]:
     """`STEM.png` (200 dpi) and `STEM.svg`, each written atomically."""
     out = []
@@ -104,7 +111,7 @@ def tradeoff(rows: Sequence[dict[str, Any]], axis: str, stem: Path) -> list[Path
         ax.set_xlabel("batch-1 latency, median (ms)" if axis == "latency" else "MFLOPs")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, linewidth=0.3, alpha=0.5)
-        ax.legend(loc="lower right", frameon=False)
+        ax.legend(loc="best", frameon=False)
         return save(fig, stem)
 
 
@@ -175,6 +182,7 @@ def probabilities(run_dir: Path, stem: Path, title: str | None = None) -> list[P
                 ax.legend(loc="best", frameon=False, fontsize=6, handlelength=1)
                 if i == len(levels) - 1:
                     ax.set_xlabel("epoch")
+                    _whole(ax)
                 if j == 0:
                     ax.set_ylabel("P")
         fig.suptitle(title or f"decisions of {run_dir.name}", fontsize=9)
@@ -213,6 +221,7 @@ def curves(run_dir: Path, stem: Path, title: str | None = None) -> list[Path]:
                     ax.plot(ep, [100 * r[col] for r in search], label=label, color=colour)
             ax.set_title("search")
             ax.set_xlabel("epoch")
+            _whole(ax)
             ax.set_ylabel("accuracy (%)")
             ax.legend(frameon=False)
             ax.grid(True, linewidth=0.3, alpha=0.5)
@@ -231,6 +240,7 @@ def curves(run_dir: Path, stem: Path, title: str | None = None) -> list[Path]:
                     )  # fmt: skip
             ax.set_title("retraining")
             ax.set_xlabel("epoch")
+            _whole(ax)
             ax.set_ylabel("accuracy (%)")
             ax.legend(frameon=False, fontsize=6)
             ax.grid(True, linewidth=0.3, alpha=0.5)
@@ -240,7 +250,7 @@ def curves(run_dir: Path, stem: Path, title: str | None = None) -> list[Path]:
 
 def all_curves(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
     """Test accuracy per retraining epoch of every run of an experiment (the mean over its
-    seeds), coloured by kind. Nothing when no run trained."""
+    seeds), coloured by kind, searched and fixed runs named. Nothing when no run trained."""
     series = []
     for r in rows:
         per_seed = [
@@ -267,7 +277,13 @@ def all_curves(rows: Sequence[dict[str, Any]], stem: Path) -> list[Path]:
                 label=None if label in shown else label,
             )  # fmt: skip
             shown.add(label)
+            if r["kind"] != "random":  # named at its end
+                ax.annotate(
+                    str(r["name"]), (ep[-1], mean[-1]), textcoords="offset points",
+                    xytext=(3, 0), fontsize=6, color=colour, va="center",
+                )  # fmt: skip
         ax.set_xlabel("retraining epoch")
+        _whole(ax)
         ax.set_ylabel("test accuracy (%), mean over seeds")
         ax.grid(True, linewidth=0.3, alpha=0.5)
         ax.legend(frameon=False)
