@@ -509,7 +509,7 @@ def _run_training(job: _TrainJob, progress: Report | None, log: Log | None) -> T
         _moved(f"training {out}", job.record.device, job.device, log)
     with torch_threads(job.threads) as n_threads:  # after every check
         how = recipe(job.recipe)
-        train, test = retrain_loaders(cifar, settings.batch, settings.seed, how.augment)
+        train, test = retrain_loaders(cifar, settings.batch, settings.seed, how.augment, how.cutout)
         record = TrainRecord(
             format=RECORD_FORMAT,
             parnasc=__version__,

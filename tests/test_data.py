@@ -355,6 +355,35 @@ def test_loader_augment_is_pad_crop_flip() -> None:
     assert kinds == {False, True}
 
 
+def test_loader_cutout_sets_one_clipped_square_per_image_to_the_mean() -> None:
+    x = _images(64, seed=3)
+    y = np.zeros(64, np.int64)
+
+    def batch(cutout: int) -> torch.Tensor:
+        return next(iter(Loader(x, y, 64, shuffle=False, augment=True, seed=2, cutout=cutout)))[0]
+
+    base, cut = batch(0), batch(8)
+    # the crop and flip draws come first, so the images are the same outside the square
+    hole = (cut == 0).all(dim=1)  # [b, h, w]: every channel at the normalised mean
+    assert torch.equal(
+        cut[~hole.unsqueeze(1).expand_as(cut)], base[~hole.unsqueeze(1).expand_as(base)]
+    )
+    sizes = set()
+    for i in range(64):
+        rows = hole[i].any(dim=1).nonzero().flatten()
+        cols = hole[i].any(dim=0).nonzero().flatten()
+        assert len(rows) and len(cols), f"image {i} has no square"
+        h, w = len(rows), len(cols)
+        assert int(hole[i].sum()) == h * w  # one axis-aligned rectangle
+        assert rows[-1] - rows[0] + 1 == h and cols[-1] - cols[0] + 1 == w
+        assert 4 <= h <= 8 and 4 <= w <= 8  # clipped at the border to no less than half
+        sizes.add((h, w))
+    assert (8, 8) in sizes and len(sizes) > 1
+    assert torch.equal(batch(8), cut)  # drawn from the seeded generator
+    with pytest.raises(ValueError):
+        Loader(x, y, 8, shuffle=False, augment=True, seed=0, cutout=-1)
+
+
 def test_loader_rejects_bad_input() -> None:
     with pytest.raises(ValueError):
         Loader(

@@ -652,9 +652,11 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
 class Loader:
     """Iterates normalised float32 NCHW batches ``(x, y)`` from uint8 NCHW arrays.
 
-    Shuffling and augmentation (random 32-crop with 4 zero padding, horizontal flip) are
-    batched tensor ops drawn from a generator seeded by ``(seed, epoch)``; call
-    :meth:`set_epoch` each epoch so a resumed run replays the same batches.
+    Shuffling and augmentation (random 32-crop with 4 zero padding, horizontal flip, and with
+    ``cutout`` > 0 one ``cutout`` x ``cutout`` square per image set to the mean, its centre
+    anywhere in the image) are batched tensor ops drawn from a generator seeded by
+    ``(seed, epoch)``; call :meth:`set_epoch` each epoch so a resumed run replays the same
+    batches.
     """
 
     pad = 4
@@ -670,6 +672,7 @@ class Loader:
         seed: int,
         drop_last: bool = False,
         channels_last: bool = True,
+        cutout: int = 0,
     ) -> None:
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"Loader expects uint8 [N, 3, H, W] images, got {x.dtype} {x.shape}")
@@ -677,6 +680,8 @@ class Loader:
             raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if cutout < 0:
+            raise ValueError(f"cutout must be >= 0, got {cutout}")
         if not (x.flags.writeable and x.flags.c_contiguous):
             x = np.array(x, order="C")
         self.x = torch.from_numpy(x)  # shares memory with a writable C-contiguous ``x``
@@ -687,6 +692,7 @@ class Loader:
         self.seed = seed
         self.drop_last = drop_last
         self.channels_last = channels_last
+        self.cutout = cutout
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -711,6 +717,17 @@ class Loader:
         ci = torch.arange(c).view(1, c, 1, 1)
         return padded[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
 
+    def _cutout_mask(self, b: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
+        """``[b, 1, h, w]`` float mask: 0 inside each image's square (clipped at the border)."""
+        s = self.cutout
+        top = torch.randint(0, h, (b, 1), generator=g) - s // 2
+        left = torch.randint(0, w, (b, 1), generator=g) - s // 2
+        rows = torch.arange(h)
+        cols = torch.arange(w)
+        in_rows = (rows >= top) & (rows < top + s)  # [b, h]
+        in_cols = (cols >= left) & (cols < left + s)  # [b, w]
+        return (~(in_rows[:, :, None] & in_cols[:, None, :])).float().unsqueeze(1)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = _generator(self.seed, self.epoch)
         n = len(self.y)
@@ -722,4 +739,8 @@ class Loader:
                 xb = self._augment(xb, g)
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            yield normalize(xb), self.y.index_select(0, idx)
+            xf = normalize(xb)
+            if self.augment and self.cutout:
+                b, _, h, w = xf.shape
+                xf.mul_(self._cutout_mask(b, h, w, g))  # normalised 0 is the mean
+            yield xf, self.y.index_select(0, idx)

@@ -63,11 +63,11 @@ def make_loaders(
 
 
 def retrain_loaders(
-    cifar: Cifar, batch: int, seed: int, augment: bool = True
+    cifar: Cifar, batch: int, seed: int, augment: bool = True, cutout: int = 0
 ) -> tuple[Loader, Loader]:
     """Batches for retraining a derived network: every training image (shuffled, whole
-    batches, cropped and flipped with `augment`; the held-out split belongs to the search
-    alone) and the test images."""
+    batches, cropped and flipped with `augment`, plus a `cutout` square when > 0; the held-out
+    split belongs to the search alone) and the test images."""
     train = Loader(
         cifar.train_x,
         cifar.train_y,
@@ -76,6 +76,7 @@ def retrain_loaders(
         augment=augment,
         seed=seed,
         drop_last=True,
+        cutout=cutout,
     )
     test = Loader(cifar.test_x, cifar.test_y, TEST_BATCH, shuffle=False, augment=False, seed=0)
     return train, test

@@ -36,6 +36,7 @@ class Recipe:
     ema: float | None  # retraining: decay per step of the weight average evaluated and kept
     decay_norms: bool  # weight decay on batch-norm and bias parameters too
     weights: dict[str, Any] | None = None  # retraining's optimizer (None: the spec's)
+    cutout: int = 0  # retraining: side of the square of each image set to the mean (0: none)
 
 
 TRAIN_RECIPES: dict[str, Recipe] = {
