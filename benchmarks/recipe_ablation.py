@@ -91,8 +91,8 @@ def main() -> None:
               flush=True)  # fmt: skip
     if a.json:
         init = None if a.init is None else str(a.init)
-        out = {"spec": str(a.spec), "epochs": a.epochs, "init": init, "rows": rows}
-        a.json.write_text(json.dumps(out, indent=1) + "\n")
+        result = {"spec": str(a.spec), "epochs": a.epochs, "init": init, "rows": rows}
+        a.json.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
