@@ -11,4 +11,8 @@ quiet() { grep -v "^WARNING: Location" || true; }
 "${PIP[@]}" --upgrade pip 2>&1 | quiet
 "${PIP[@]}" "torch==2.13.0" 2>&1 | quiet
 "${PIP[@]}" -e ".[dev]" 2>&1 | quiet
+# The native executor (parnasc/deploy/native.py): ORT's C headers fetched once into
+# ~/.cache/parnasc, the library built with g++ (nothing to do when up to date); where it cannot
+# be built the runtime says so and runs its Python lanes.
+.venv/bin/python -m parnasc.deploy.native || true
 .venv/bin/python -c "import torch, parnasc; print('parnasc', parnasc.__version__, 'torch', torch.__version__)"

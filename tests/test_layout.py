@@ -60,6 +60,7 @@ PENDING: dict[tuple[str, str], str] = {}
 # numpy and onnxruntime, not the exporter, the schedule planner or torch.
 RUNTIME_CLOSURE = BASE | {
     "parnasc.deploy",
+    "parnasc.deploy.native",
     "parnasc.deploy.runtime",
     "parnasc.deploy.schema",
     "parnasc.deploy.sessions",

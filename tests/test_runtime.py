@@ -444,6 +444,7 @@ def test_run_never_retimes(
 ) -> None:
     """Each run() is exactly one inference of the current plan: the re-check of plans is only
     at start-up and in recalibrate() (it used to run ~40 inferences inside one call in 50)."""
+    from parnasc.deploy.native import NativeExecutor
     from parnasc.deploy.runtime import Executor
 
     x, ref = _streams_model_dir(cifar, tmp_path)
@@ -451,13 +452,13 @@ def test_run_never_retimes(
         retimes = []
         monkeypatch.setattr(rt, "_retime", lambda *a, **k: retimes.append(a))
         calls = Counter[str]()
-        real = Executor.run
+        for cls in (Executor, NativeExecutor):
 
-        def counted(self: Executor, v: np.ndarray) -> np.ndarray:
-            calls[next(k for k, e in rt._plans.items() if e is self)] += 1
-            return real(self, v)
+            def counted(self: Any, v: np.ndarray, real: Any = cls.run) -> np.ndarray:
+                calls[next(k for k, e in rt._plans.items() if e is self)] += 1
+                return real(self, v)
 
-        monkeypatch.setattr(Executor, "run", counted)
+            monkeypatch.setattr(cls, "run", counted)
         for _ in range(250):  # past the old re-check points (50, 100, 200)
             rt.run(x)
         assert not retimes
@@ -623,7 +624,7 @@ def test_runtime_bad_model_dir_is_one_user_error(
 
     monkeypatch.setattr(runtime._Worker, "__init__", record)
     with pytest.raises(UserError) as info:
-        Runtime(d, cores=2)
+        Runtime(d, cores=2, native=False)  # the Python lanes (tests/test_native.py: native)
     msg = str(info.value)
     assert msg.startswith(f"{d}/schedule.json: ") and "\n" not in msg, msg
     assert expected in msg, msg
@@ -682,7 +683,7 @@ def test_runtime_dead_or_stuck_worker_is_an_error(
     import queue
 
     d, x, ref = streams_dir
-    with Runtime(d, adapt=False) as rt:
+    with Runtime(d, adapt=False, native=False) as rt:
         np.testing.assert_allclose(rt.run(x), ref, rtol=RTOL, atol=ATOL)
         (w,) = rt._plans[rt.plan].workers.values()
         assert w.stop()  # the thread ends as if it had crashed
@@ -690,7 +691,7 @@ def test_runtime_dead_or_stuck_worker_is_an_error(
             rt.run(x)
         with pytest.raises(RuntimeError, match="stopped working"):
             rt.run(x)
-    with Runtime(d, adapt=False, worker_timeout_s=0.3) as rt:
+    with Runtime(d, adapt=False, worker_timeout_s=0.3, native=False) as rt:
         (w,) = rt._plans[rt.plan].workers.values()
         jobs, w.jobs = w.jobs, queue.SimpleQueue()  # alive, but never gets the job
         try:
@@ -710,7 +711,7 @@ def test_runtime_close_ends_workers_and_is_safe_during_run(
     import threading
 
     d, x, ref = streams_dir
-    rt = Runtime(d, cores=2, calibration_reps=6)
+    rt = Runtime(d, cores=2, calibration_reps=6, native=False)
     threads = [w.thread for ex in rt._plans.values() for w in ex.workers.values()]
     assert threads and all(t.is_alive() for t in threads)
     rt.plan = "hybrid-SS-1"  # run the plan with a worker lane
@@ -762,7 +763,7 @@ class Probe:
 
 probe = Probe()  # registered before the runtime: its finalizer runs after the runtime's
 weakref.finalize(probe, lambda: print("alive at exit:", sum(t.is_alive() for t in threads)))
-rt = Runtime({str(streams_dir[0])!r}, adapt=False)
+rt = Runtime({str(streams_dir[0])!r}, adapt=False, native=False)
 rt.run(np.zeros((1, 3, 32, 32), np.float32))
 threads = [w.thread for ex in rt._plans.values() for w in ex.workers.values()]
 print("alive before exit:", sum(t.is_alive() for t in threads))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from parnasc.deploy.runtime import Executor, build_executor, lane_cpus
+from parnasc.deploy.runtime import PlanExecutor, build_executor, lane_cpus
 from parnasc.deploy.sessions import open_session, session_options
 from parnasc.timing import interleaved, time_callable
 
@@ -43,7 +43,7 @@ def _input(phases: Phases) -> tuple[str, np.ndarray]:
     return first.name, np.random.default_rng(0).standard_normal(dims).astype(np.float32)
 
 
-def _executor(phases: Phases, cpus: list[int]) -> Executor:
+def _executor(phases: Phases, cpus: list[int]) -> PlanExecutor:
     name = phases[0][0][0].graph.input[0].name
     out = phases[-1][-1][0].graph.output[0].name
     return build_executor(
@@ -93,7 +93,7 @@ def measure_interleaved(
     """
     cpus = lane_cpus(cores)
     _, x = _input(plans[0])
-    exs: list[Executor] = []
+    exs: list[PlanExecutor] = []
     try:
         for phases in plans:
             exs.append(_executor(phases, cpus))

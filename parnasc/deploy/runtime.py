@@ -1,5 +1,10 @@
 """Run a ``parnasc.schedule/1`` plan: one lane per core, single-threaded ORT sessions.
 
+Plans with parallel phases run on the native executor (:mod:`parnasc.deploy.native`, C++ over
+ORT's C API: pinned native lanes, futex barriers that spin briefly, tensors bound in place, one
+call per run with the GIL released) where it is built; otherwise, or with ``native=False``, on
+the Python lanes described next.  Single-segment (fused) plans are one ORT call either way.
+
 Lane 0 is the calling thread (pinned to the first allowed CPU for the duration of
 :meth:`Runtime.run` when the plan has parallel phases); lanes 1.. are persistent daemon
 threads, each pinned to its own CPU.  Per phase every lane runs its segments; a phase with
@@ -61,6 +66,8 @@ import numpy as np
 import onnxruntime as ort
 
 from parnasc.cpus import allowed_cpus, can_pin, set_affinity
+from parnasc.deploy import native
+from parnasc.deploy.native import NativeError, NativeExecutor, NativeSegment
 from parnasc.deploy.schema import load_schedule
 from parnasc.deploy.sessions import open_session, session_options
 from parnasc.errors import UserError
@@ -68,6 +75,7 @@ from parnasc.timing import interleaved
 
 __all__ = [
     "Executor",
+    "PlanExecutor",
     "Runtime",
     "build_executor",
     "choose_plan",
@@ -283,17 +291,32 @@ class Executor:
                 self.lock.release()
 
 
+PlanExecutor = Executor | NativeExecutor
+"""What runs a plan: the Python lanes (:class:`Executor`) or the native executor."""
+
+
+class _PlanError(Exception):
+    """A plan whose segments do not fit together (the native executor's dataflow check)."""
+
+
 def build_executor(
     phases: Sequence[Sequence[tuple[Path | bytes, int, int]]],
     cpus: list[int],
     input_name: str,
     output_name: str,
     timeout_s: float = 60.0,
-) -> Executor:
+    *,
+    use_native: bool = True,
+) -> PlanExecutor:
     """Sessions for ``phases`` ((model file or serialized model, lane, threads) per segment)
     and their lanes.
 
-    A file ORT cannot load raises :class:`_LoadError`.
+    Plans with parallel phases run on the native executor (:mod:`parnasc.deploy.native`)
+    where it is built (and ``use_native``), else on Python lanes.  Single-segment plans run
+    their one ORT session from Python, exactly like ORT's own baselines.
+
+    A file ORT cannot load raises :class:`_LoadError`; a native plan whose dataflow does not
+    close raises :class:`_PlanError`.
     """
     parallel = any(len(ph) > 1 for ph in phases)
     mixed = parallel and any(t > 1 for ph in phases for _, _, t in ph)
@@ -302,6 +325,9 @@ def build_executor(
     # to an unpinned caller can end up sharing one CPU with it).
     pin = parallel and can_pin()
     n_lanes = len(cpus)
+    lib = native.load() if parallel and use_native else None
+    if lib is not None:
+        return _native_executor(lib, phases, cpus, input_name, output_name, pin, mixed)
     built: list[list[_Seg]] = []
     for ph in phases:
         segs = []
@@ -319,6 +345,41 @@ def build_executor(
             segs.append(_Seg(sess, lane % n_lanes))
         built.append(segs)
     return Executor(built, cpus, input_name, output_name, timeout_s)
+
+
+def _native_executor(
+    lib: Any,
+    phases: Sequence[Sequence[tuple[Path | bytes, int, int]]],
+    cpus: list[int],
+    input_name: str,
+    output_name: str,
+    pin: bool,
+    mixed: bool,
+) -> NativeExecutor:
+    """The native executor of ``phases``, with the same ORT settings as the Python lanes."""
+    n_lanes = len(cpus)
+    segs: list[list[NativeSegment]] = []
+    for ph in phases:
+        row = []
+        for model, lane, threads in ph:
+            t = min(threads, n_lanes)
+            cfg = {"session.intra_op.allow_spinning": "0" if mixed else "1"}
+            if pin and t > 1:  # ORT's affinity string: 1-based CPU ids, one per helper
+                cfg["session.intra_op_thread_affinities"] = ";".join(str(c + 1) for c in cpus[1:t])
+            row.append(NativeSegment(model, lane % n_lanes, t, cfg))
+        segs.append(row)
+
+    def load_error(seg: NativeSegment, msg: str) -> Exception:
+        if isinstance(seg.model, Path):
+            return _LoadError(seg.model, RuntimeError(msg))
+        return NativeError(msg)
+
+    try:
+        return NativeExecutor(
+            lib, segs, cpus, input_name, output_name, pin=pin or can_pin(), on_load_error=load_error
+        )
+    except NativeError as exc:
+        raise _PlanError(str(exc)) from None
 
 
 def _dataflow_error(ex: Executor) -> str | None:
@@ -344,7 +405,7 @@ def choose_plan(medians: dict[str, float], current: str, margin: float = 0.03) -
     return best
 
 
-def _close_plans(plans: dict[str, Executor]) -> None:
+def _close_plans(plans: dict[str, PlanExecutor]) -> None:
     """Close every executor in ``plans`` and empty it (the finalizer of a :class:`Runtime`)."""
     for ex in list(plans.values()):
         ex.close()
@@ -365,8 +426,15 @@ class Runtime:
     (ORT's 2-thread mode, for one, is bimodal on small models).  ``adapt=False`` runs the
     scheduled plan only.
 
-    ``worker_timeout_s`` bounds every wait on a worker lane (a dead worker is noticed within
-    50 ms); a lane that fails that way makes its plan raise :class:`RuntimeError` from then on.
+    Plans with parallel phases run on the native executor (:mod:`parnasc.deploy.native`: one
+    ctypes call per run, GIL released, tensors bound in place) where it is built; with
+    ``native=False``, or where it is not built (said once on stderr), on the Python lanes of
+    :class:`Executor`.
+
+    ``worker_timeout_s`` bounds every wait on a Python worker lane (a dead worker is noticed
+    within 50 ms); a lane that fails that way makes its plan raise :class:`RuntimeError` from
+    then on.  Native lanes cannot die alone (a crash ends the process) and ORT calls do not
+    block, so their waits have no timeout.
 
     A missing, malformed, truncated or foreign directory raises one
     :class:`~parnasc.errors.UserError` naming ``DIR/schedule.json``; nothing is left running.
@@ -380,16 +448,17 @@ class Runtime:
         adapt: bool = True,
         calibration_reps: int = 60,
         worker_timeout_s: float = 60.0,
+        native: bool = True,
     ) -> None:
         if worker_timeout_s <= 0:
             raise ValueError("worker_timeout_s must be > 0")
-        self._plans: dict[str, Executor] = {}
+        self._plans: dict[str, PlanExecutor] = {}
         # Closes the executors on close(), garbage collection or interpreter exit.
         self._finalizer = weakref.finalize(self, _close_plans, self._plans)
         self._recal_lock = threading.Lock()
         self.plan_medians_ms: dict[str, float] = {}
         try:
-            self._load(Path(model_dir), cores, adapt, calibration_reps, worker_timeout_s)
+            self._load(Path(model_dir), cores, adapt, calibration_reps, worker_timeout_s, native)
         except BaseException:
             self._finalizer()
             raise
@@ -401,6 +470,7 @@ class Runtime:
         adapt: bool,
         calibration_reps: int,
         timeout_s: float,
+        use_native: bool,
     ) -> None:
         sched = load_schedule(model_dir)
         where = model_dir / "schedule.json"
@@ -424,11 +494,17 @@ class Runtime:
         self._probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         for name, ph in wanted.items():
             try:
-                ex = build_executor(ph, self.cpus, sched["input"], sched["output"], timeout_s)
+                ex = build_executor(
+                    ph, self.cpus, sched["input"], sched["output"], timeout_s, use_native=use_native
+                )
             except _LoadError as exc:
                 raise UserError(f"{where}: plan {name!r}: ONNX Runtime cannot load {exc}") from None
+            except _PlanError as exc:
+                raise UserError(
+                    f"{where}: plan {name!r} does not fit its segment files: {exc}"
+                ) from None
             self._plans[name] = ex
-            why = _dataflow_error(ex)
+            why = _dataflow_error(ex) if isinstance(ex, Executor) else None
             if why is not None:
                 raise UserError(f"{where}: plan {name!r} does not fit its segment files: {why}")
             try:  # one probe run: input names and input_shape must fit the model
