@@ -569,7 +569,10 @@ def bench(
     if result.bound is not None:
         print(format_bound(result.bound))
     if json_out is not None:
-        _atomic_write(json_out, json.dumps(result.rows, indent=1) + "\n")
+        from parnasc.deploy.bench import ceiling_row
+
+        rows = result.rows + ([ceiling_row(result.bound, result.rows)] if result.bound else [])
+        _atomic_write(json_out, json.dumps(rows, indent=1) + "\n")
     if plot is not None:
         _plot(result.rows, plot, f"{model_dir} ({platform.node()})")
 

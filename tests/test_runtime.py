@@ -355,12 +355,15 @@ def test_benchmark_rows(cifar: tuple[nn.Module, Path, onnx.ModelProto], tmp_path
     assert "speedup parnasc vs ort-intra" in format_table(rows)
     par = rows[-1]
     assert par["plan"] in par["plan_medians_ms"] and par["scheduled_plan"] in par["plan_medians_ms"]
+    best = min((r for r in rows if r["engine"].startswith("ort-")), key=lambda r: r["median_ms"])
+    assert par["best_ort"] == best["engine"] in format_table(rows)
+    assert par["vs_best_ort"] == pytest.approx(best["median_ms"] / par["median_ms"])
 
 
 def test_path_parallel_bound(
     cifar: tuple[nn.Module, Path, onnx.ModelProto], tmp_path: Path
 ) -> None:
-    from parnasc.deploy.bench import format_bound, path_parallel_bound
+    from parnasc.deploy.bench import ceiling_row, format_bound, path_parallel_bound
 
     _, d, model = cifar
     shutil.copy(d / "model.onnx", tmp_path / "model.onnx")
@@ -378,6 +381,15 @@ def test_path_parallel_bound(
     p2 = sum(v for k, v in groups.items() if k.startswith("paths.p2."))
     assert max(p1, p2) - 1e-9 <= b["paths_critical_ms"] <= p1 + p2
     assert "path-parallel ceiling on 2 cores" in format_bound(b)
+    row = ceiling_row(
+        b,
+        [
+            {"engine": "ort-sequential", "median_ms": t1},
+            {"engine": "parnasc", "median_ms": t1 / 1.5},
+        ],
+    )
+    assert row["engine"] == "ceiling" and row["median_ms"] == b["bound_ms"]
+    assert row["fraction_of_ceiling"] == pytest.approx(1.5 / b["ceiling_vs_sequential"])
 
 
 def test_choose_plan_hysteresis() -> None:

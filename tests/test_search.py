@@ -816,10 +816,15 @@ def test_emit_run_and_bench_the_searched_model(runs: Runs, tmp_path: Path) -> No
     assert b.returncode == 0, b.stdout + b.stderr
     assert "path-parallel ceiling on 2 cores" in b.stdout
     rows = json.loads(rows_file.read_text())
+    *rows, ceiling = rows  # --bound: the path-parallel ceiling last
+    assert ceiling["engine"] == "ceiling" and ceiling["ceiling_vs_sequential"] > 0
+    assert ceiling["median_ms"] > 0
     assert [r["engine"] for r in rows] == [
         "ort-sequential",
         "ort-intra",
+        *(["ort-intra-pinned"] if hasattr(os, "sched_setaffinity") else []),
         "ort-parallel-partition",
+        "ort-parallel-partition-spin",
         "torch",
         "parnasc",
     ]

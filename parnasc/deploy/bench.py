@@ -3,13 +3,22 @@
 Engines (names are stable, ``parnasc bench`` prints them):
 
 * ``ort-sequential``: whole model, ``intra_op_num_threads=1``
-* ``ort-intra``: whole model, ``intra_op_num_threads=cores``
+* ``ort-intra``: whole model, ``intra_op_num_threads=cores`` (ORT's defaults otherwise: helper
+  threads unpinned, spinning)
+* ``ort-intra-pinned``: the same with the ``cores-1`` helper threads pinned one per CPU of the
+  process's affinity (``session.intra_op_thread_affinities``, the first CPU left to the calling
+  thread) and spinning explicitly on: the best a tuned user gets from ORT's intra-op threads
 * ``ort-parallel-partition``: ``ORT_PARALLEL`` + ``ort_partition.json`` (one stream per path),
   intra 1, ``inter_op_num_threads=cores+1`` with inter-op spinning off.  In ORT 1.32 the calling
   thread only busy-waits for the streams (``StreamExecutionContext::WaitAll``), so with
   ``inter_op_num_threads=cores`` every node runs on one pool thread (no parallelism, measured
   ~= sequential), and with ``cores+1`` plus spinning three threads fight for two CPUs
   (~8 ms per run); ``cores+1`` without spinning is its best working setting here.
+* ``ort-parallel-partition-spin``: the same with inter-op spinning on, at
+  ``inter_op_num_threads=cores`` (the one spinning setting that does not oversubscribe)
+
+``best ORT`` is the ``ort-*`` engine with the lowest median in the same run; speedups are
+quoted against it too (:func:`best_ort`).
 * ``torch``: the eager module (if given), ``torch.set_num_threads(cores)``
 * ``parnasc``: :class:`parnasc.deploy.runtime.Runtime` following ``schedule.json``
 
@@ -25,7 +34,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,12 +42,21 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from parnasc.deploy.runtime import Runtime
+from parnasc.cpus import can_pin
+from parnasc.deploy.runtime import Runtime, lane_cpus
 from parnasc.deploy.schema import load_schedule, scope_of, stages
 from parnasc.deploy.sessions import open_session, session_options
 from parnasc.timing import interleaved, stats
 
-ENGINES = ("ort-sequential", "ort-intra", "ort-parallel-partition", "torch", "parnasc")
+ENGINES = (
+    "ort-sequential",
+    "ort-intra",
+    "ort-intra-pinned",
+    "ort-parallel-partition",
+    "ort-parallel-partition-spin",
+    "torch",
+    "parnasc",
+)
 # ``matches``: every engine runs the same float32 model with other kernels (ORT's MLAS in
 # other graph cuts, PyTorch with BatchNorm unfolded), so only the summation order differs:
 # measured <= 1e-7 on outputs of magnitude ~0.1-0.5; these leave two orders of magnitude.
@@ -67,9 +85,15 @@ def _ort_session(
     *,
     parallel: bool = False,
     config: dict[str, str] | None = None,
+    helper_cpus: Sequence[int] = (),
 ) -> ort.InferenceSession:
     with _stdout_silenced():
-        return open_session(path, session_options(intra, inter, parallel=parallel, config=config))
+        return open_session(
+            path,
+            session_options(
+                intra, inter, parallel=parallel, config=config, helper_cpus=helper_cpus
+            ),
+        )
 
 
 def _engines(
@@ -94,19 +118,27 @@ def _engines(
         out["ort-sequential"] = (1, ort_engine(s1), lambda: None)
         s2 = _ort_session(model, cores)
         out["ort-intra"] = (cores, ort_engine(s2), lambda: None)
+        cpus = lane_cpus(cores)
+        if cores > 1 and can_pin():
+            s2p = _ort_session(model, cores, helper_cpus=cpus[1:cores])
+            out["ort-intra-pinned"] = (cores, ort_engine(s2p), lambda: None)
         part = model_dir / "ort_partition.json"
         if part.exists():
-            s3 = _ort_session(
-                model,
-                1,
-                cores + 1,
-                parallel=True,
-                config={
-                    "session.node_partition_config_file": str(part),
-                    "session.inter_op.allow_spinning": "0",
-                },
-            )
-            out["ort-parallel-partition"] = (cores, ort_engine(s3), lambda: None)
+            for name, inter, spin in (
+                ("ort-parallel-partition", cores + 1, "0"),
+                ("ort-parallel-partition-spin", cores, "1"),
+            ):
+                s3 = _ort_session(
+                    model,
+                    1,
+                    inter,
+                    parallel=True,
+                    config={
+                        "session.node_partition_config_file": str(part),
+                        "session.inter_op.allow_spinning": spin,
+                    },
+                )
+                out[name] = (cores, ort_engine(s3), lambda: None)
         if torch_module is not None:
             import torch
 
@@ -193,6 +225,7 @@ def benchmark(
                 strict=True,
             )
         )
+        executor = rt.executor  # (before close)
     finally:
         for _, _, close in engines.values():
             close()
@@ -214,21 +247,54 @@ def benchmark(
             row["plan"] = rt.plan
             row["scheduled_plan"] = rt.scheduled_plan
             row["plan_medians_ms"] = {k: round(v, 4) for k, v in rt.plan_medians_ms.items()}
+            row["executor"] = executor
         rows.append(row)
+    best = best_ort(rows)
+    for row in rows:
+        if row["engine"] == "parnasc" and best is not None:
+            row["best_ort"] = best["engine"]
+            row["vs_best_ort"] = best["median_ms"] / row["median_ms"]
+            row["vs_best_ort_p99"] = best["p99_ms"] / row["p99_ms"]
     return rows
+
+
+def best_ort(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The ``ort-*`` row with the lowest median (None without any)."""
+    ort_rows = [r for r in rows if str(r["engine"]).startswith("ort-")]
+    return min(ort_rows, key=lambda r: r["median_ms"]) if ort_rows else None
+
+
+def ceiling_row(bound: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON row of :func:`path_parallel_bound`'s result (``"engine": "ceiling"``), with
+    how much of the ceiling's speedup over ``ort-sequential`` parnasc reached in ``rows``."""
+    row: dict[str, Any] = {
+        "engine": "ceiling",
+        "threads": bound["cores"],
+        "median_ms": bound["bound_ms"],
+        "ceiling_vs_sequential": bound["ceiling_vs_sequential"],
+        "ceiling_vs_intra": bound["ceiling_vs_intra"],
+        "serial_ms": bound["serial_ms"],
+        "paths_critical_ms": bound["paths_critical_ms"],
+    }
+    by = {r["engine"]: r for r in rows}
+    if "parnasc" in by and "ort-sequential" in by:
+        got = by["ort-sequential"]["median_ms"] / by["parnasc"]["median_ms"]
+        row["parnasc_vs_sequential"] = got
+        row["fraction_of_ceiling"] = got / bound["ceiling_vs_sequential"]
+    return row
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Plain-text table with ratios against each baseline."""
     by = {r["engine"]: r for r in rows}
     lines = [
-        f"{'engine':24s} {'thr':>3s} {'median':>8s} {'p90':>8s} {'p99':>8s}  {'ok':>3s} "
+        f"{'engine':27s} {'thr':>3s} {'median':>8s} {'p90':>8s} {'p99':>8s}  {'ok':>3s} "
         f"{'load':>5s}   (ms; load = other CPU load seen before chunks)",
     ]
     for r in rows:
         load = r.get("other_load")
         lines.append(
-            f"{r['engine']:24s} {r['threads']:3d} {r['median_ms']:8.3f} {r['p90_ms']:8.3f} "
+            f"{r['engine']:27s} {r['threads']:3d} {r['median_ms']:8.3f} {r['p90_ms']:8.3f} "
             f"{r['p99_ms']:8.3f}  {'yes' if r['matches'] else 'NO':>3s} "
             f"{'-' if load is None else f'{load:.2f}':>5s}"
         )
@@ -237,14 +303,21 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         if pr.get("plan"):
             timed = ", ".join(f"{k} {v:.3f}" for k, v in pr.get("plan_medians_ms", {}).items())
             lines.append(
-                f"parnasc plan: {pr['plan']} (schedule: {pr.get('scheduled_plan')}"
+                f"parnasc plan: {pr['plan']} on the {pr.get('executor', '?')} executor "
+                f"(schedule: {pr.get('scheduled_plan')}"
                 + (f"; last timing, ms: {timed}" if timed else "")
                 + ")"
             )
         p = by["parnasc"]["median_ms"]
         for name in ENGINES[:-1]:
             if name in by:
-                lines.append(f"speedup parnasc vs {name:24s} {by[name]['median_ms'] / p:5.2f}x")
+                lines.append(f"speedup parnasc vs {name:27s} {by[name]['median_ms'] / p:5.2f}x")
+        best = best_ort(rows)
+        if best is not None:
+            lines.append(
+                f"speedup parnasc vs best ORT ({best['engine']}): "
+                f"{best['median_ms'] / p:.2f}x median, {best['p99_ms'] / pr['p99_ms']:.2f}x p99"
+            )
     return "\n".join(lines)
 
 

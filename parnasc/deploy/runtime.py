@@ -547,6 +547,15 @@ class Runtime:
                 self._retime(probe, rounds=rounds, per_round=per_round, warmup=warmup)
         return self.plan
 
+    @property
+    def executor(self) -> str:
+        """What runs the current plan: ``native`` (the native executor), ``python`` (Python
+        lanes) or ``ort`` (a single ORT session called directly)."""
+        ex = self._plans.get(self.plan)
+        if isinstance(ex, NativeExecutor):
+            return "native"
+        return "ort" if ex is not None and ex.single is not None else "python"
+
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run one batch (NCHW float32) with the current plan and return the model output."""
         ex = self._plans.get(self.plan)

@@ -198,7 +198,7 @@ struct Exec {
   OrtMemoryInfo* mem = nullptr;
   int n_lanes = 1;
   std::vector<int> cpus;
-  bool pin = true;
+  bool pin = true, pin_caller = true;
   int64_t spin_run_ns = 0, spin_idle_ns = 0;
   std::vector<Segment> segs;
   std::vector<Tensor> tensors;
@@ -360,8 +360,8 @@ std::string wrap(Exec* ex, float* data, const std::vector<int64_t>& shape, OrtVa
 
 extern "C" {
 
-// A new executor of n_lanes lanes on cpus[lane]; pin: pin the lanes (and the caller during a
-// run); spin_run_us / spin_idle_us: how long a wait spins inside a run / between runs before
+// A new executor of n_lanes lanes on cpus[lane]; pin: 0 nothing pinned, 1 the lanes 1.. pinned,
+// 2 also the calling thread (lane 0) during each run; spin_run_us / spin_idle_us: how long a wait spins inside a run / between runs before
 // it sleeps.  Returns a handle or NULL with err set.
 void* pn_open(const char* ort_lib, int n_lanes, const int* cpus, int pin, int spin_run_us,
               int spin_idle_us, char* err, int errlen) {
@@ -380,6 +380,7 @@ void* pn_open(const char* ort_lib, int n_lanes, const int* cpus, int pin, int sp
   ex->n_lanes = n_lanes;
   ex->cpus.assign(cpus, cpus + n_lanes);
   ex->pin = pin != 0;
+  ex->pin_caller = pin == 2;
   ex->spin_run_ns = static_cast<int64_t>(spin_run_us) * 1000;
   ex->spin_idle_ns = static_cast<int64_t>(spin_idle_us) * 1000;
   ex->work.resize(static_cast<size_t>(n_lanes));
@@ -590,7 +591,7 @@ int pn_run(void* h, float* x, float* y, char* err, int errlen) {
   ex->failed.store(false);
   const bool several = !ex->threads.empty();
   cpu_set_t saved;
-  const bool pinned = several && ex->pin &&
+  const bool pinned = several && ex->pin_caller &&
                       pthread_getaffinity_np(pthread_self(), sizeof saved, &saved) == 0 &&
                       Exec::pin_to(ex->cpus[0]);
   if (ex->timing) ex->run_t0 = now_ns();
