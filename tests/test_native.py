@@ -143,6 +143,50 @@ def test_native_matches_whole_model(example: str, tmp_path: Path) -> None:
             np.testing.assert_allclose(rt.run(x2), ref2, rtol=RTOL, atol=ATOL)
 
 
+def _lanes_dir(path: Path, out: Path, cores: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """``out``: ``path``'s architecture emitted with the lanes plan (segments of ORT's
+    optimized graph); a batch-1 input and ORT's whole-model output for it."""
+    net, shape = _concrete(path)
+    compile_model_dir(net, shape, out, cores=cores, measure=False)
+    model = onnx.load(str(out / "model.onnx"))
+    paths = read_structure(model)["paths"]
+    build_schedule(model, paths, cores, out_dir=out, measure=False, reps=20, lanes_only=True)
+    x = np.random.default_rng(1).standard_normal((1, *shape)).astype(np.float32)
+    return x, _whole(out, x)
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_lanes_plan_matches_whole_model(example: str, tmp_path: Path) -> None:
+    """The lanes plan (ORT's own optimized graph cut per lane, stem split into views, syncs
+    computed on every lane) equals ORT's whole model natively and on the Python lanes; other
+    batch sizes run the whole model."""
+    x, ref = _lanes_dir(ROOT / "examples" / example, tmp_path)
+    sched = json.loads((tmp_path / "schedule.json").read_text())
+    assert sched["plan"] == "lanes-2" and all(s["optimized"] for s in sched["segments"])
+    assert all(s["measured_us"] >= 0 for s in sched["segments"])
+    x2 = np.concatenate([x, -x])
+    for use_native in (True, False):
+        with Runtime(tmp_path, cores=2, adapt=False, native=use_native) as rt:
+            assert rt.executor == ("native" if use_native else "python")
+            for _ in range(3):
+                np.testing.assert_allclose(rt.run(x), ref, rtol=RTOL, atol=ATOL)
+            np.testing.assert_allclose(rt.run(x2), _whole(tmp_path, x2), rtol=RTOL, atol=ATOL)
+
+
+def test_lanes_plan_four_lanes_on_two_cpus(tmp_path: Path) -> None:
+    """The lanes plan of a cifar4 architecture on 4 lanes sharing 2 CPUs."""
+    x, ref = _lanes_dir(ROOT / "specs" / "cifar4.pnas", tmp_path, cores=4)
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(sorted(saved)[:2]))
+    try:
+        with Runtime(tmp_path, cores=4, adapt=False) as rt:
+            assert rt.plan == "lanes-4" and rt.executor == "native"
+            for _ in range(3):
+                np.testing.assert_allclose(rt.run(x), ref, rtol=RTOL, atol=ATOL)
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
 def test_native_four_lanes_on_two_cpus(tmp_path: Path) -> None:
     """A cifar4 architecture on 4 lanes: one lane per path whatever the CPU count (lanes share
     CPUs round-robin when there are fewer, and then never spin)."""

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from parnasc.deploy.lanes import LanesPlan
 from parnasc.deploy.runtime import PlanExecutor, build_executor, lane_cpus
+from parnasc.deploy.schema import INPUT_NAME, OUTPUT_NAME
 from parnasc.deploy.sessions import open_session, session_options
 from parnasc.timing import interleaved, time_callable
 
@@ -28,6 +30,8 @@ __all__ = ["Phases", "final_pick", "measure_interleaved", "measure_phases"]
 
 Phases = Sequence[Sequence[tuple[onnx.ModelProto, int, int]]]
 """A plan: phases of ``(segment model, lane, threads)``."""
+Plan = Phases | LanesPlan
+"""What the autotuner times: a plan of the exported model's segments, or the lanes plan."""
 
 # A plan other than fused-<t> (what the ORT baselines run) must beat the best fused plan by this
 # fraction in the interleaved final to be chosen: a shared VM's noise is a few percent.
@@ -36,14 +40,26 @@ FINALIST_SPREAD = 0.15  # first-pass medians within this fraction of the best re
 QUIET_TIMEOUT_S = 1.0  # longest wait for a quiet machine before each chunk
 
 
-def _input(phases: Phases) -> tuple[str, np.ndarray]:
+def _input(phases: Plan) -> tuple[str, np.ndarray]:
     """The plan's input name and a fixed random batch-1 input of its shape."""
+    if isinstance(phases, LanesPlan):
+        x = np.random.default_rng(0).standard_normal(phases.input_shape).astype(np.float32)
+        return INPUT_NAME, x
     first = phases[0][0][0].graph.input[0]
     dims = [d.dim_value if d.dim_value > 0 else 1 for d in first.type.tensor_type.shape.dim]
     return first.name, np.random.default_rng(0).standard_normal(dims).astype(np.float32)
 
 
-def _executor(phases: Phases, cpus: list[int]) -> PlanExecutor:
+def _executor(phases: Plan, cpus: list[int]) -> PlanExecutor:
+    if isinstance(phases, LanesPlan):
+        return build_executor(
+            [[(sg.model.SerializeToString(), sg.lane, 1) for sg in ph] for ph in phases.phases],
+            cpus,
+            INPUT_NAME,
+            OUTPUT_NAME,
+            optimize=False,
+            views=phases.views,
+        )
     name = phases[0][0][0].graph.input[0].name
     out = phases[-1][-1][0].graph.output[0].name
     return build_executor(
@@ -55,12 +71,12 @@ def _executor(phases: Phases, cpus: list[int]) -> PlanExecutor:
 
 
 def measure_phases(
-    phases: Phases, cores: int, reps: int = 200, quiet: bool = True
+    phases: Plan, cores: int, reps: int = 200, quiet: bool = True
 ) -> dict[str, float]:
     """Time one run of ``phases`` on batch 1: :func:`parnasc.timing.time_callable` statistics
     (ms).  A single segment is fed random tensors of its own input shapes."""
     cpus = lane_cpus(cores)
-    if len(phases) == 1 and len(phases[0]) == 1:
+    if not isinstance(phases, LanesPlan) and len(phases) == 1 and len(phases[0]) == 1:
         model, _, threads = phases[0][0]
         sess = open_session(model.SerializeToString(), session_options(min(threads, len(cpus))))
         rng = np.random.default_rng(0)
@@ -83,7 +99,7 @@ def measure_phases(
 
 
 def measure_interleaved(
-    plans: Sequence[Phases], cores: int, reps: int = 200, quiet: bool = True, rounds: int = 8
+    plans: Sequence[Plan], cores: int, reps: int = 200, quiet: bool = True, rounds: int = 8
 ) -> list[dict[str, float]]:
     """Time several plans in interleaved chunks (:func:`parnasc.timing.interleaved`).
 
@@ -114,7 +130,7 @@ def measure_interleaved(
 def final_pick(
     results: list[dict[str, Any]],
     fused: Sequence[bool],
-    phases_of: Callable[[int], Phases],
+    phases_of: Callable[[int], Plan],
     cores: int,
     reps: int,
     quiet: bool,

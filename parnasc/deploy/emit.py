@@ -53,12 +53,20 @@ def build_schedule(
     reps: int = 200,
     candidates: Sequence[PlanChoice] | None = None,
     quiet: bool = True,
+    lanes_only: bool = False,
 ) -> dict[str, Any]:
     """The schedule of ``model`` (:func:`parnasc.deploy.schedule.make_schedule`), written into
     ``out_dir`` when given (:func:`write_schedule`; the exported model is expected at
     ``out_dir/model.onnx``, else written there).  Returns the ``schedule.json`` document."""
     sched = make_schedule(
-        model, paths, cores, measure=measure, reps=reps, candidates=candidates, quiet=quiet
+        model,
+        paths,
+        cores,
+        measure=measure,
+        reps=reps,
+        candidates=candidates,
+        quiet=quiet,
+        lanes_only=lanes_only,
     )
     if out_dir is not None:
         write_schedule(Path(out_dir), model, sched)

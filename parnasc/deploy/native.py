@@ -207,12 +207,14 @@ _SIGS: dict[str, tuple[Any, list[Any]]] = {
             ctypes.c_size_t,
             _I,
             _I,
+            _I,
             ctypes.POINTER(_S),
             ctypes.POINTER(_S),
             _S,
             _I,
         ],
     ),
+    "pn_add_view": (_I, [_P, _S, _S, ctypes.c_int64, _I, ctypes.POINTER(ctypes.c_int64), _S, _I]),
     "pn_start": (_I, [_P, _S, _S, _S, _I]),
     "pn_prepare": (
         _I,
@@ -280,12 +282,19 @@ def unavailable_reason() -> str | None:
 @dataclass(frozen=True)
 class NativeSegment:
     """A segment of a native plan: its model (file or serialized bytes), lane, intra-op
-    threads and extra ORT session config entries."""
+    threads, extra ORT session config entries, and whether ORT optimizes its graph (off for
+    segments cut from ORT's own optimized graph)."""
 
     model: Path | bytes
     lane: int
     threads: int = 1
     config: Mapping[str, str] = field(default_factory=dict)
+    optimize: bool = True
+
+
+View = tuple[str, int, Sequence[int]]
+"""A tensor written in place into part of another: (parent tensor, element offset, parent's
+shape)."""
 
 
 def _close_handle(lib: ctypes.CDLL, box: list[int | None]) -> None:
@@ -333,6 +342,7 @@ class NativeExecutor:
         spin_run_us: int = SPIN_RUN_US,
         spin_idle_us: int = SPIN_IDLE_US,
         on_load_error: Callable[[NativeSegment, str], Exception] | None = None,
+        views: Mapping[str, View] | None = None,
     ) -> None:
         self._lib = lib
         self._lock = threading.Lock()
@@ -362,6 +372,12 @@ class NativeExecutor:
             for k, ph in enumerate(phases):
                 for seg in ph:
                     self._add(k, seg, on_load_error)
+            for name, (parent, offset, shape) in (views or {}).items():
+                dims = (ctypes.c_int64 * len(shape))(*shape)
+                if lib.pn_add_view(
+                    h, name.encode(), parent.encode(), offset, len(shape), dims, self._err, _ERR_LEN
+                ):
+                    raise NativeError(self._message())
             if lib.pn_start(h, input_name.encode(), output_name.encode(), self._err, _ERR_LEN):
                 raise NativeError(self._message())
         except BaseException:
@@ -399,6 +415,7 @@ class NativeExecutor:
             data,
             size,
             seg.threads,
+            int(seg.optimize),
             len(seg.config),
             keys,
             vals,

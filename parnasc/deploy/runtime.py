@@ -56,7 +56,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -67,7 +67,7 @@ import onnxruntime as ort
 
 from parnasc.cpus import allowed_cpus, can_pin, set_affinity
 from parnasc.deploy import native
-from parnasc.deploy.native import NativeError, NativeExecutor, NativeSegment
+from parnasc.deploy.native import NativeError, NativeExecutor, NativeSegment, View
 from parnasc.deploy.schema import load_schedule
 from parnasc.deploy.sessions import open_session, session_options
 from parnasc.errors import UserError
@@ -201,8 +201,10 @@ class Executor:
         input_name: str,
         output_name: str,
         timeout_s: float = 60.0,
+        views: Mapping[str, View] | None = None,
     ) -> None:
         self.phases = phases
+        self.views = dict(views or {})
         self.cpus = cpus
         self.input_name = input_name
         self.output_name = output_name
@@ -274,7 +276,20 @@ class Executor:
                     error = error or exc
             if error is not None:
                 raise error
+            self._assemble(vals, ph)
         return vals[self.output_name]
+
+    def _assemble(self, vals: dict[str, np.ndarray], ph: list[_Seg]) -> None:
+        """Copy the views this phase wrote into their parents (the native executor writes
+        them in place; batch 1 only, like the plans that have views)."""
+        for seg in ph:
+            for name in seg.outputs:
+                if name in self.views:
+                    parent, offset, shape = self.views[name]
+                    if parent not in vals:
+                        vals[parent] = np.zeros(shape, np.float32)
+                    part = vals[name].reshape(-1)
+                    vals[parent].reshape(-1)[offset : offset + part.size] = part
 
     def close(self) -> None:
         """Stop the workers (after a run in flight, whose waits are bounded); idempotent."""
@@ -307,13 +322,17 @@ def build_executor(
     timeout_s: float = 60.0,
     *,
     use_native: bool = True,
+    optimize: bool = True,
+    views: Mapping[str, View] | None = None,
 ) -> PlanExecutor:
     """Sessions for ``phases`` ((model file or serialized model, lane, threads) per segment)
     and their lanes.
 
     Plans with parallel phases run on the native executor (:mod:`parnasc.deploy.native`)
     where it is built (and ``use_native``), else on Python lanes.  Single-segment plans run
-    their one ORT session from Python, exactly like ORT's own baselines.
+    their one ORT session from Python, exactly like ORT's own baselines.  ``optimize``: ORT's
+    graph optimizations on the segments (off for segments cut from ORT's optimized graph, the
+    ``lanes`` plan); ``views``: tensors written into part of another (:mod:`parnasc.deploy.lanes`).
 
     A file ORT cannot load raises :class:`_LoadError`; a native plan whose dataflow does not
     close raises :class:`_PlanError`.
@@ -327,14 +346,19 @@ def build_executor(
     n_lanes = len(cpus)
     lib = native.load() if parallel and use_native else None
     if lib is not None:
-        return _native_executor(lib, phases, cpus, input_name, output_name, pin, mixed)
+        return _native_executor(
+            lib, phases, cpus, input_name, output_name, pin, mixed, optimize, views
+        )
     built: list[list[_Seg]] = []
     for ph in phases:
         segs = []
         for model, lane, threads in ph:
             t = min(threads, n_lanes)
             so = session_options(
-                t, spinning=not mixed, helper_cpus=cpus[1:t] if pin and t > 1 else ()
+                t,
+                optimize=optimize,
+                spinning=not mixed,
+                helper_cpus=cpus[1:t] if pin and t > 1 else (),
             )
             try:
                 sess = open_session(model, so)
@@ -344,7 +368,7 @@ def build_executor(
                 raise
             segs.append(_Seg(sess, lane % n_lanes))
         built.append(segs)
-    return Executor(built, cpus, input_name, output_name, timeout_s)
+    return Executor(built, cpus, input_name, output_name, timeout_s, views)
 
 
 def _native_executor(
@@ -355,6 +379,8 @@ def _native_executor(
     output_name: str,
     pin: bool,
     mixed: bool,
+    optimize: bool = True,
+    views: Mapping[str, View] | None = None,
 ) -> NativeExecutor:
     """The native executor of ``phases``, with the same ORT settings as the Python lanes."""
     n_lanes = len(cpus)
@@ -366,7 +392,7 @@ def _native_executor(
             cfg = {"session.intra_op.allow_spinning": "0" if mixed else "1"}
             if pin and t > 1:  # ORT's affinity string: 1-based CPU ids, one per helper
                 cfg["session.intra_op_thread_affinities"] = ";".join(str(c + 1) for c in cpus[1:t])
-            row.append(NativeSegment(model, lane % n_lanes, t, cfg))
+            row.append(NativeSegment(model, lane % n_lanes, t, cfg, optimize))
         segs.append(row)
 
     def load_error(seg: NativeSegment, msg: str) -> Exception:
@@ -376,7 +402,14 @@ def _native_executor(
 
     try:
         return NativeExecutor(
-            lib, segs, cpus, input_name, output_name, pin=pin or can_pin(), on_load_error=load_error
+            lib,
+            segs,
+            cpus,
+            input_name,
+            output_name,
+            pin=pin or can_pin(),
+            on_load_error=load_error,
+            views=views,
         )
     except NativeError as exc:
         raise _PlanError(str(exc)) from None
@@ -385,12 +418,16 @@ def _native_executor(
 def _dataflow_error(ex: Executor) -> str | None:
     """Why ``ex``'s segments cannot run in order (a tensor nobody produces), or None."""
     have = {ex.input_name}
+    parts: dict[str, set[str]] = {}
+    for name, (parent, _, _) in ex.views.items():
+        parts.setdefault(parent, set()).add(name)
     for ph in ex.phases:
         for seg in ph:
             missing = [n for n in seg.inputs if n not in have]
             if missing:
                 return f"a segment needs tensor {missing[0]!r}, which no earlier segment produces"
         have.update(o for seg in ph for o in seg.outputs)
+        have.update(p for p, names in parts.items() if names <= have)
     if ex.output_name not in have:
         return f"no segment produces the output {ex.output_name!r}"
     return None
@@ -486,16 +523,30 @@ class Runtime:
         ]
         self.scheduled_plan: str = sched["plan"]
         self.plan: str = self.scheduled_plan
+        views = sched.get("views") or {}
+        # a plan with views (the lanes plan) runs batch 1; other batches run fused-1
+        self._batch1_only = bool(views)
+        optimize = not any(s.get("optimized") for s in sched["segments"])
         wanted: dict[str, Sequence[Sequence[tuple[Path, int, int]]]] = {self.plan: phases}
-        if adapt:
-            for t in sorted({1, len(self.cpus)}):
+        if adapt or views:
+            for t in sorted({1, len(self.cpus)} if adapt else {1}):
                 wanted.setdefault(f"fused-{t}", [[(model_dir / sched["model"], 0, t)]])
         shape = [1, *sched["input_shape"]]
         self._probe = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         for name, ph in wanted.items():
             try:
+                fused = name.startswith("fused-")
                 ex = build_executor(
-                    ph, self.cpus, sched["input"], sched["output"], timeout_s, use_native=use_native
+                    ph,
+                    self.cpus,
+                    sched["input"],
+                    sched["output"],
+                    timeout_s,
+                    use_native=use_native,
+                    optimize=optimize or fused,
+                    views=None
+                    if fused
+                    else {k: (v["tensor"], v["offset"], v["shape"]) for k, v in views.items()},
                 )
             except _LoadError as exc:
                 raise UserError(f"{where}: plan {name!r}: ONNX Runtime cannot load {exc}") from None
@@ -516,7 +567,8 @@ class Runtime:
                     f"{where}: plan {name!r} cannot run an input of shape "
                     f"{shape} (input_shape): {_ort_reason(exc)}"
                 ) from None
-        if len(self._plans) > 1:
+        self._adapt = adapt
+        if adapt and len(self._plans) > 1:
             self._retime(self._probe, rounds=6, per_round=max(1, calibration_reps // 6), warmup=10)
 
     def _retime(self, x: np.ndarray, rounds: int, per_round: int, warmup: int) -> None:
@@ -541,7 +593,7 @@ class Runtime:
         """
         if not self._plans:
             raise RuntimeError("Runtime is closed")
-        if len(self._plans) > 1:
+        if self._adapt and len(self._plans) > 1:
             probe = self._probe if x is None else np.ascontiguousarray(x, dtype=np.float32)
             with self._recal_lock:
                 self._retime(probe, rounds=rounds, per_round=per_round, warmup=warmup)
@@ -561,6 +613,8 @@ class Runtime:
         ex = self._plans.get(self.plan)
         if ex is None:
             raise RuntimeError("Runtime is closed")
+        if self._batch1_only and x.shape[:1] != (1,) and not self.plan.startswith("fused-"):
+            ex = self._plans.get("fused-1", ex)
         return ex.run(np.ascontiguousarray(x, dtype=np.float32))
 
     def close(self) -> None:

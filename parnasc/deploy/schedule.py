@@ -9,15 +9,20 @@ the document.  It writes nothing; :func:`parnasc.deploy.emit.build_schedule` wri
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime
 
-from parnasc.deploy import autotune
+from parnasc.deploy import autotune, native
+from parnasc.deploy.lanes import LanesPlan, lanes_plan
+from parnasc.deploy.native import NativeExecutor
+from parnasc.deploy.runtime import lane_cpus
 from parnasc.deploy.schema import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -295,31 +300,87 @@ def _rank(
     measure: bool,
     reps: int,
     quiet: bool,
+    lanes: LanesPlan | None = None,
 ) -> tuple[list[dict[str, Any]], int, str]:
     """One row per candidate (estimate; with ``measure`` also its timing alone), the index of
-    the plan to use, and the row key it was chosen by."""
+    the plan to use (``len(cands)``: the lanes plan, measured only), and the row key it was
+    chosen by."""
     results: list[dict[str, Any]] = []
-    for ch in cands:
-        phases = phases_of(ch)
-        row: dict[str, Any] = {"plan": ch.name, "estimated_us": round(costs.plan_us(phases), 1)}
+
+    def plan_of(i: int) -> autotune.Plan:
+        if i < len(cands):
+            return cut.phases(phases_of(cands[i]))
+        assert lanes is not None
+        return lanes
+
+    tried: list[PlanChoice | LanesPlan] = [*cands]
+    if lanes is not None and measure:
+        tried.append(lanes)
+    for i, ch in enumerate(tried):
+        if isinstance(ch, PlanChoice):
+            row: dict[str, Any] = {
+                "plan": ch.name,
+                "estimated_us": round(costs.plan_us(phases_of(ch)), 1),
+            }
+        else:
+            row = {"plan": ch.name, "estimated_us": None}  # measured only
         if measure:
-            st = autotune.measure_phases(cut.phases(phases), cores, reps, quiet)
+            st = autotune.measure_phases(plan_of(i), cores, reps, quiet)
             row["median_us"] = round(st["median_ms"] * 1e3, 1)
             row["p90_us"] = round(st["p90_ms"] * 1e3, 1)
             row["other_load"] = round(st["other_load"], 2)
         results.append(row)
     key = "median_us" if measure else "estimated_us"
-    if not measure or len(cands) == 1:
+    if not measure or len(results) == 1:
         return results, min(range(len(cands)), key=lambda i: (results[i][key], i)), key
-    best = autotune.final_pick(
-        results,
-        [not any(c.streams) for c in cands],
-        lambda i: cut.phases(phases_of(cands[i])),
-        cores,
-        reps,
-        quiet,
-    )
+    fused = [not any(c.streams) for c in cands] + [False] * (len(results) - len(cands))
+    best = autotune.final_pick(results, fused, plan_of, cores, reps, quiet)
     return results, best, "final_median_us"
+
+
+def _lanes_rows(
+    plan: LanesPlan, cores: int, reps: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, onnx.ModelProto]]:
+    """The lanes plan's segment rows, phase rows (without barriers yet) and segment models by
+    file.  ``measured_us`` of a segment is its median time inside runs of the whole plan, as
+    the native executor records it (so the cross-core traffic of a run is included)."""
+    ex = autotune._executor(plan, lane_cpus(cores))
+    try:
+        x = autotune._input(plan)[1]
+        for _ in range(20):
+            ex.run(x)
+        times = ex.step_times(x, max(50, reps)) if isinstance(ex, NativeExecutor) else None
+    finally:
+        ex.close()
+    seg_rows: list[dict[str, Any]] = []
+    phase_rows: list[dict[str, Any]] = []
+    files: dict[str, onnx.ModelProto] = {}
+    for pi, ph in enumerate(plan.phases):
+        ids = []
+        for sg in ph:
+            k = len(seg_rows)
+            sid = f"seg{k}"
+            row: dict[str, Any] = {
+                "id": sid,
+                "phase": pi,
+                "core": sg.lane,
+                "threads": 1,
+                "path": None,
+                "file": f"segments/{sid}.onnx",
+                "optimized": True,
+                "scopes": list(sg.scopes),
+                "nodes": [nd.name for nd in sg.model.graph.node],
+                "inputs": [v.name for v in sg.model.graph.input],
+                "outputs": [v.name for v in sg.model.graph.output],
+                "estimated_us": None,
+            }
+            if times is not None:
+                row["measured_us"] = round(times.segment_end_us[k] - times.segment_start_us[k], 1)
+            files[row["file"]] = sg.model
+            seg_rows.append(row)
+            ids.append(sid)
+        phase_rows.append({"index": pi, "strategy": "lanes", "segments": ids})
+    return seg_rows, phase_rows, files
 
 
 def _segment_rows(
@@ -438,6 +499,22 @@ def _per_core(
     ]
 
 
+def _lanes_candidate(
+    model: onnx.ModelProto, structure: dict[str, Any], cores: int
+) -> LanesPlan | None:
+    """The lanes plan of ``model`` where it applies (native executor built, 2+ paths and
+    cores), else None."""
+    if native.unavailable_reason() is not None or min(cores, structure["paths"]) < 2:
+        return None
+    with tempfile.TemporaryDirectory() as td:
+        path = Path(td) / "model.onnx"
+        onnx.save(model, str(path))
+        try:
+            return lanes_plan(path, structure, cores)
+        except ValueError:
+            return None
+
+
 def make_schedule(
     model: onnx.ModelProto,
     paths: int,
@@ -447,13 +524,19 @@ def make_schedule(
     reps: int = 200,
     candidates: Sequence[PlanChoice] | None = None,
     quiet: bool = True,
+    lanes_plan_ok: bool = True,
+    lanes_only: bool = False,
 ) -> Schedule:
     """Plan the per-core schedule (schema ``parnasc.schedule/1``) of ``model``.
 
     With ``measure`` the candidate plans are run here (this machine is the target) and the
     fastest wins (:mod:`parnasc.deploy.autotune`); otherwise the MAC cost model picks.
-    ``candidates`` defaults to :func:`plan_candidates`.  ``ort_partition`` is left null (the
-    writer of the directory fills it).
+    ``candidates`` defaults to :func:`plan_candidates`.  With ``measure`` and
+    ``lanes_plan_ok`` the lanes plan (:mod:`parnasc.deploy.lanes`: segments of ORT's optimized
+    graph on the native executor) is a candidate too, where the native executor is built and
+    the model has 2+ paths and 2+ cores.  ``ort_partition`` is left null (the writer of the
+    directory fills it).  ``lanes_only``: the schedule is the lanes plan (measured, whatever
+    ``measure``), or ``ValueError`` where it does not apply.
     """
     structure = _checked_structure(model, paths, cores)
     costs = _Costs(model, structure)
@@ -463,13 +546,41 @@ def make_schedule(
     def phases_of(ch: PlanChoice) -> list[Phase]:
         return plan_phases(structure, ch, cores, costs.chain, costs.present)
 
-    results, best, key = _rank(cands, phases_of, costs, cut, cores, measure, reps, quiet)
-    choice = cands[best]
-    seg_rows, phase_rows, files = _segment_rows(
-        phases_of(choice), cut, costs, cores, measure, reps, quiet
+    lanes = (
+        _lanes_candidate(model, structure, cores)
+        if (measure or lanes_only) and lanes_plan_ok
+        else None
     )
+    if lanes_only:
+        if lanes is None:
+            why = native.unavailable_reason() or "the model or core count does not allow it"
+            raise ValueError(f"no lanes plan here: {why}")
+        cands = []
+        st = autotune.measure_phases(lanes, cores, reps, quiet)
+        results = [
+            {"plan": lanes.name, "estimated_us": None, "median_us": round(st["median_ms"] * 1e3, 1)}
+        ]
+        best, key = 0, "median_us"
+    else:
+        results, best, key = _rank(cands, phases_of, costs, cut, cores, measure, reps, quiet, lanes)
+    views: dict[str, Any] = {}
+    if best == len(cands) and lanes is not None:
+        choice = PlanChoice(1, (True,) * len(stages(structure)))
+        seg_rows, phase_rows, files = _lanes_rows(lanes, cores, reps)
+        views = {
+            k: {"tensor": t, "offset": o, "shape": list(sh)}
+            for k, (t, o, sh) in lanes.views.items()
+        }
+        name, strategy = lanes.name, "lanes"
+    else:
+        choice = cands[best]
+        seg_rows, phase_rows, files = _segment_rows(
+            phases_of(choice), cut, costs, cores, measure, reps, quiet
+        )
+        name, strategy = choice.name, None
     _add_barriers(phase_rows, seg_rows, structure)
-    basis = "measured_us" if measure else "estimated_us"
+    measured = measure or strategy == "lanes"
+    basis = "measured_us" if measured else "estimated_us"
     doc: dict[str, Any] = {
         "schema": SCHEDULE_SCHEMA,
         "model": "model.onnx",
@@ -481,19 +592,20 @@ def make_schedule(
         "levels": structure["levels"],
         "syncs": structure["syncs"],
         "merge": structure["merge"],
-        "plan": choice.name,
+        "plan": name,
         "fused_threads": choice.fused_threads,
         "stage_strategies": [
-            {"levels": lv, "strategy": "streams" if s else "fused"}
+            {"levels": lv, "strategy": strategy or ("streams" if s else "fused")}
             for lv, s in zip(stages(structure), choice.streams, strict=True)
         ],
+        "views": views,
         "phases": phase_rows,
         "segments": seg_rows,
         "per_core": _per_core(phase_rows, seg_rows, cores),
         "critical_path": _critical_path(phase_rows, seg_rows, basis),
         "expected_us": results[best][key],
         "candidates": results,
-        "timing_basis": TIMING_BASIS[measure],
+        "timing_basis": TIMING_BASIS[measured],
         "extra_cores": EXTRA_CORES,
         "threads": dict(THREADS),
         "onnxruntime": str(onnxruntime.__version__),

@@ -31,8 +31,16 @@ them.  Keys:
   only): ``{wait_for: [id], tensors: [names exchanged], combine: {scope, kind, segment, core}}``
   - the combine (sync or merge) runs first in the next phase's segment on ``core``
 * ``segments``: ``[{id, phase, core, threads, path, file, scopes, nodes, inputs, outputs,
-  estimated_us, measured_us?}]`` (``nodes``: ONNX node names, in execution order; ``file`` is
-  ``model.onnx`` itself for a whole-model segment; ``measured_us``: segment alone)
+  estimated_us, measured_us?, optimized?}]`` (``nodes``: ONNX node names, in execution order;
+  ``file`` is ``model.onnx`` itself for a whole-model segment; ``measured_us``: segment alone,
+  or for the lanes plan its median time inside runs of the plan; ``optimized``: the segment
+  is part of ORT's optimized graph, loaded without graph optimizations)
+* ``views`` (``{}`` but for the lanes plan): ``{tensor: {tensor: parent, offset, shape}}``, a
+  segment output written in place into part of ``parent`` (``shape``, batch 1) from element
+  ``offset`` on; segments that read ``parent`` run after all its views
+* ``plan`` ``lanes-<n>`` (:mod:`parnasc.deploy.lanes`): ``n`` lanes over segments of ORT's
+  optimized graph (NCHWc tensors between lanes), the stem split over the lanes by views, each
+  lane computing the sync combine before its own paths; batch 1 (other batches run ``fused-1``)
 * ``per_core``: ``[{core, role, segments, intra_op_helper_for, idle_phases}]``
 * ``critical_path``: ``{segments, time_us, basis}`` (longest segment of each phase, summed)
 * ``expected_us`` (end-to-end median of the chosen plan in the final, or its estimate),
@@ -214,6 +222,16 @@ def load_schedule(model_dir: Path) -> dict[str, Any]:
         for sid in ids:
             if not isinstance(sid, str) or sid not in by_id:
                 raise bad(f"phases[{i}] names segment {_short(sid)}, which 'segments' lacks")
+    views = sched.get("views") or {}
+    if not isinstance(views, dict) or not all(
+        isinstance(v, dict)
+        and isinstance(v.get("tensor"), str)
+        and _is_int(v.get("offset"), 0)
+        and isinstance(v.get("shape"), list)
+        and all(_is_int(d, 1) for d in v["shape"])
+        for v in views.values()
+    ):
+        raise bad("'views' must map tensor names to {tensor, offset, shape}")
     used = [sched["model"]] + [by_id[s]["file"] for ph in sched["phases"] for s in ph["segments"]]
     for f in dict.fromkeys(used):
         if not (Path(model_dir) / f).is_file():

@@ -174,11 +174,17 @@ struct Signal {
 
 struct Tensor {
   std::string name;
-  int producer = -1;  // segment index; -1: the model input
+  int producer = -1;  // segment index; -1: the model input (or a parent of views)
   std::vector<int64_t> shape;
-  float* data = nullptr;  // owned (intermediates) or the caller's (input / output)
+  float* data = nullptr;  // owned (intermediates, parents) or the caller's (input / output)
+  bool owned = false;     // data was allocated here (views point into their parent)
   size_t bytes = 0;
   OrtValue* value = nullptr;
+  // views: a tensor written in place into part of a parent tensor (element offset)
+  int parent = -1;
+  int64_t offset = 0;
+  std::vector<int> views;  // of a parent: its views
+  std::vector<int64_t> declared;  // of a parent: its shape
 };
 
 struct Segment {
@@ -231,8 +237,7 @@ struct Exec {
     if (!api) return;
     for (auto& t : tensors) {
       if (t.value) api->ReleaseValue(t.value);
-      if (t.data && t.producer >= 0 && static_cast<int>(&t - tensors.data()) != output_t)
-        std::free(t.data);
+      if (t.owned) std::free(t.data);
     }
     for (auto& s : segs)
       if (s.sess) api->ReleaseSession(s.sess);
@@ -398,10 +403,12 @@ void* pn_open(const char* ort_lib, int n_lanes, const int* cpus, int pin, int sp
 }
 
 // Add a segment: the model at `path` (or, if path is NULL, the serialized model data/size),
-// run on `lane` in `phase` with `threads` intra-op threads and n_cfg session config entries.
+// run on `lane` in `phase` with `threads` intra-op threads and n_cfg session config entries;
+// optimize: ORT's graph optimizations on (1) or off (0, for segments cut from ORT's own
+// optimized graph).
 int pn_add_segment(void* h, int phase, int lane, const char* path, const void* data, size_t size,
-                   int threads, int n_cfg, const char* const* keys, const char* const* vals,
-                   char* err, int errlen) {
+                   int threads, int optimize, int n_cfg, const char* const* keys,
+                   const char* const* vals, char* err, int errlen) {
   auto* ex = static_cast<Exec*>(h);
   const OrtApi* api = ex->api;
   if (ex->finalized) return set_err(err, errlen, "executor already started"), -1;
@@ -415,7 +422,9 @@ int pn_add_segment(void* h, int phase, int lane, const char* path, const void* d
   if (m.empty()) m = check_ort(ex, api->SetInterOpNumThreads(so, 1), "inter threads");
   if (m.empty()) m = check_ort(ex, api->SetSessionExecutionMode(so, ORT_SEQUENTIAL), "mode");
   if (m.empty())
-    m = check_ort(ex, api->SetSessionGraphOptimizationLevel(so, ORT_ENABLE_ALL), "optimization");
+    m = check_ort(ex,
+                  api->SetSessionGraphOptimizationLevel(so, optimize ? ORT_ENABLE_ALL : ORT_DISABLE_ALL),
+                  "optimization");
   if (m.empty()) m = check_ort(ex, api->SetSessionLogSeverityLevel(so, 3), "log level");
   for (int i = 0; m.empty() && i < n_cfg; ++i)
     m = check_ort(ex, api->AddSessionConfigEntry(so, keys[i], vals[i]), "config entry");
@@ -439,6 +448,25 @@ int pn_add_segment(void* h, int phase, int lane, const char* path, const void* d
   return 0;
 }
 
+// Declare tensor `view` as written in place into tensor `parent` (of shape parent_shape, which
+// no segment produces itself) from element `offset` on: segments that read `parent` run after
+// every view of it has been written.
+int pn_add_view(void* h, const char* view, const char* parent, int64_t offset, int ndim,
+                const int64_t* parent_shape, char* err, int errlen) {
+  auto* ex = static_cast<Exec*>(h);
+  if (ex->finalized) return set_err(err, errlen, "executor already started"), -1;
+  const int p = tensor_of(ex, parent);
+  const int v = tensor_of(ex, view);
+  if (p == v || ex->tensors[v].parent >= 0 || !ex->tensors[v].views.empty() ||
+      ex->tensors[p].parent >= 0)
+    return set_err(err, errlen, std::string("bad view '") + view + "' of '" + parent + "'"), -1;
+  ex->tensors[v].parent = p;
+  ex->tensors[v].offset = offset;
+  ex->tensors[p].views.push_back(v);
+  ex->tensors[p].declared.assign(parent_shape, parent_shape + ndim);
+  return 0;
+}
+
 // Check the dataflow (every input produced by an earlier phase or the model input, the output
 // produced, no tensor produced twice) and start the lane threads.
 int pn_start(void* h, const char* input_name, const char* output_name, char* err, int errlen) {
@@ -455,16 +483,20 @@ int pn_start(void* h, const char* input_name, const char* output_name, char* err
     if (s.threads > 1) ex->phase_multi[s.phase] = true;
     for (auto& n : s.in_names) {
       int t = tensor_of(ex, n);
-      Tensor& tt = ex->tensors[t];
-      if (t != ex->input_t && (tt.producer < 0 || ex->segs[tt.producer].phase >= s.phase))
-        return set_err(err, errlen,
-                       "a segment needs tensor '" + n + "', which no earlier phase produces"),
-               -1;
+      std::vector<int> writers = ex->tensors[t].views;
+      if (writers.empty()) writers.push_back(t);
+      for (int w : writers) {
+        const Tensor& tt = ex->tensors[w];
+        if (t != ex->input_t && (tt.producer < 0 || ex->segs[tt.producer].phase >= s.phase))
+          return set_err(err, errlen,
+                         "a segment needs tensor '" + n + "', which no earlier phase produces"),
+                 -1;
+      }
       s.in_t.push_back(t);
     }
     for (auto& n : s.out_names) {
       int t = tensor_of(ex, n);
-      if (ex->tensors[t].producer >= 0 || t == ex->input_t)
+      if (ex->tensors[t].producer >= 0 || t == ex->input_t || !ex->tensors[t].views.empty())
         return set_err(err, errlen, "tensor '" + n + "' is produced twice"), -1;
       ex->tensors[t].producer = static_cast<int>(i);
       s.out_t.push_back(t);
@@ -484,6 +516,11 @@ int pn_start(void* h, const char* input_name, const char* output_name, char* err
                    std::string("no segment produces the output '") + output_name + "'"),
            -1;
   ex->output_t = it->second;
+  for (auto& t : ex->tensors)
+    if (t.parent >= 0 && t.producer < 0)
+      return set_err(err, errlen, "no segment produces the view '" + t.name + "'"), -1;
+  if (ex->tensors[ex->output_t].parent >= 0)
+    return set_err(err, errlen, "the output cannot be a view"), -1;
   ex->done = std::make_unique<Signal[]>(static_cast<size_t>(ex->n_phases));
   ex->finalized = true;
   try {
@@ -516,8 +553,22 @@ int pn_prepare(void* h, const int64_t* shape, int ndim, int64_t* out_shape, char
     if (&t == &in) continue;
     if (t.value) api->ReleaseValue(t.value);
     t.value = nullptr;
-    if (t.data && static_cast<int>(&t - ex->tensors.data()) != ex->output_t) std::free(t.data);
+    if (t.owned) std::free(t.data);
     t.data = nullptr;
+    t.owned = false;
+  }
+  // parents of views: their declared shape, zeroed
+  for (auto& t : ex->tensors) {
+    if (t.views.empty() || !m.empty()) continue;
+    t.shape = t.declared;
+    size_t n = 1;
+    for (int64_t d : t.shape) n *= static_cast<size_t>(d);
+    t.bytes = n * sizeof(float);
+    t.data = static_cast<float*>(std::aligned_alloc(64, (t.bytes + 63) / 64 * 64 + 64));
+    if (!t.data) m = "out of memory";
+    t.owned = t.data != nullptr;
+    if (m.empty()) std::memset(t.data, 0, t.bytes);
+    if (m.empty()) m = wrap(ex, t.data, t.shape, &t.value);
   }
   for (size_t i = 0; i < ex->segs.size() && m.empty(); ++i) {
     Segment& s = ex->segs[i];
@@ -544,10 +595,19 @@ int pn_prepare(void* h, const int64_t* shape, int ndim, int64_t* out_shape, char
       size_t n = 1;
       for (int64_t d : t.shape) n *= static_cast<size_t>(d);
       t.bytes = n * sizeof(float);
-      if (m.empty() && s.out_t[k] != ex->output_t) {
+      if (m.empty() && t.parent >= 0) {
+        Tensor& p = ex->tensors[t.parent];
+        if (t.offset < 0 || t.offset * sizeof(float) + t.bytes > p.bytes)
+          m = "view '" + t.name + "' does not fit in '" + p.name + "' (input shape?)";
+        else
+          t.data = p.data + t.offset;
+      } else if (m.empty() && s.out_t[k] != ex->output_t) {
         // 64-byte aligned, whole cache lines
         t.data = static_cast<float*>(std::aligned_alloc(64, (t.bytes + 63) / 64 * 64));
         if (!t.data) m = "out of memory";
+        t.owned = t.data != nullptr;
+      }
+      if (m.empty() && s.out_t[k] != ex->output_t) {
         float* src = nullptr;
         if (m.empty()) m = check_ort(ex, api->GetTensorMutableData(outs[k], (void**)&src), "data");
         if (m.empty()) std::memcpy(t.data, src, t.bytes);
