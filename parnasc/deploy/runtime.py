@@ -324,6 +324,7 @@ def build_executor(
     use_native: bool = True,
     optimize: bool = True,
     views: Mapping[str, View] | None = None,
+    spinning: bool = True,
 ) -> PlanExecutor:
     """Sessions for ``phases`` ((model file or serialized model, lane, threads) per segment)
     and their lanes.
@@ -332,13 +333,16 @@ def build_executor(
     where it is built (and ``use_native``), else on Python lanes.  Single-segment plans run
     their one ORT session from Python, exactly like ORT's own baselines.  ``optimize``: ORT's
     graph optimizations on the segments (off for segments cut from ORT's optimized graph, the
-    ``lanes`` plan); ``views``: tensors written into part of another (:mod:`parnasc.deploy.lanes`).
+    ``lanes`` plan); ``views``: tensors written into part of another (:mod:`parnasc.deploy.lanes`);
+    ``spinning``: idle intra-op helper threads may spin (off beside lane plans).
 
     A file ORT cannot load raises :class:`_LoadError`; a native plan whose dataflow does not
     close raises :class:`_PlanError`.
     """
     parallel = any(len(ph) > 1 for ph in phases)
-    mixed = parallel and any(t > 1 for ph in phases for _, _, t in ph)
+    # no intra-op spinning where idle ORT helpers would compete with lanes (their spin lasts
+    # 20-30 ms after a run on the VM measured)
+    mixed = (parallel and any(t > 1 for ph in phases for _, _, t in ph)) or not spinning
     # The calling thread is pinned to cpus[0] only in plans with worker lanes; a fused plan
     # leaves placement to the OS exactly like ORT's own intra-op baseline (a pinned helper next
     # to an unpinned caller can end up sharing one CPU with it).
@@ -536,6 +540,7 @@ class Runtime:
         for name, ph in wanted.items():
             try:
                 fused = name.startswith("fused-")
+                lanes_beside = fused and any(len(p) > 1 for p in phases)
                 ex = build_executor(
                     ph,
                     self.cpus,
@@ -544,6 +549,7 @@ class Runtime:
                     timeout_s,
                     use_native=use_native,
                     optimize=optimize or fused,
+                    spinning=not lanes_beside,
                     views=None
                     if fused
                     else {k: (v["tensor"], v["offset"], v["shape"]) for k, v in views.items()},
