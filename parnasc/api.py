@@ -12,7 +12,8 @@ inside the functions, so importing this module is cheap.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from parnasc.ir.graph import IR
     from parnasc.ir.provenance import Provenance
     from parnasc.lang.spec import Spec
+    from parnasc.nas.dist import Ranks
     from parnasc.nas.train import Report
 
 Log = Callable[[str], None]
@@ -141,7 +143,11 @@ def search(
     `data` may name the same ones where they are now); an option given must equal the
     recorded value, except `epochs`, which may extend the run, and `threads` and `device`,
     which change only speed (and floats in the last bits). A resume of a complete run
-    returns its recorded result with `up_to_date=True` and changes nothing."""
+    returns its recorded result with `up_to_date=True` and changes nothing.
+
+    Under torchrun, or in a process group the caller started, the search is data-parallel
+    (`parnasc.nas.dist`: each rank a share of every batch, rank 0 writes; `threads` per
+    process); `progress` and `log` are called on rank 0 only."""
     options = SearchOptions(
         cores=cores,
         recipe=recipe,
@@ -161,22 +167,52 @@ def search(
     dev = _device(device)
     run = Path(run_dir)
     source = None if data is None else Path(data)
-    if resume:
-        job = _resumed_search(run, spec, options, source, test_images, threads, dev)
-        if job is None:
+    with _ranks(dev) as ranks:
+        if not ranks.main:
+            progress = log = None
+        with ranks.together():  # every check on every rank before any rank writes
+            if resume:
+                job = _resumed_search(
+                    run, spec, options, source, test_images, threads, dev, ranks.world
+                )
+            elif spec is None:
+                raise OptionError("no spec given; a new search needs one")
+            else:
+                job = _new_search(run, _compiled(spec), options, source, test_images, threads, dev)
+            inputs = None if job is None else _search_data(job, ranks, log)
+        if job is None or inputs is None:
             return SearchResult.read(run, up_to_date=True)
-    else:
-        if spec is None:
-            raise OptionError("no spec given; a new search needs one")
-        job = _new_search(run, _compiled(spec), options, source, test_images, threads, dev)
-    return _run_search(job, progress, log)
+        return _run_search(job, inputs, ranks, progress, log)
 
 
 def _device(name: str | None) -> str:
-    """The resolved `--device` (`parnasc.nas.device.resolve_device`) as text."""
+    """The resolved `--device` (`parnasc.nas.device.resolve_device`) as text; under torchrun
+    `cuda` is this rank's GPU (`parnasc.nas.dist.device_name`)."""
     from parnasc.nas.device import resolve_device
+    from parnasc.nas.dist import device_name
 
-    return str(resolve_device(name))
+    return str(resolve_device(device_name(name)))
+
+
+@contextmanager
+def _ranks(device: str) -> Iterator[Ranks]:
+    """The ranks of a data-parallel run under torchrun (or in the caller's process group;
+    `parnasc.nas.dist.ranks_for`), else the single process."""
+    import torch
+
+    from parnasc.nas.dist import ranks_for
+
+    with ranks_for(torch.device(device)) as ranks:
+        yield ranks
+
+
+def _processes_changed(what: str, recorded: int, ranks: Ranks, log: Log | None) -> None:
+    """Tell a resume that continues on another number of data-parallel processes."""
+    if log is not None and recorded != ranks.world:
+        log(
+            f"note: {what} ran on {recorded} process{'es' if recorded > 1 else ''}; continuing "
+            f"on {ranks.world} (batch-norm shares and float sums differ)"
+        )
 
 
 def _moved(what: str, recorded: str | None, device: str, log: Log | None) -> None:
@@ -225,8 +261,10 @@ def _resumed_search(
     test_images: int | None,
     threads: int | None,
     device: str,
+    processes: int = 1,
 ) -> _SearchJob | None:
-    """The job of a resumed search, or None when the run is complete already."""
+    """The job of a resumed search, or None when the run is complete already; the recorded
+    thread count is the default when it ran on `processes` processes, as now."""
     from parnasc.nas.search import read_checkpoint
 
     what = f"run {run_dir}"
@@ -252,36 +290,57 @@ def _resumed_search(
         checkpoint=checkpoint,
         data=resumed_data(what, record.data, data),
         test_images=record.data.test_images if record.data else test_images,
-        threads=threads or record.threads,
+        threads=threads or (record.threads if record.processes == processes else None),
         device=device,
     )
 
 
-def _run_search(job: _SearchJob, progress: Report | None, log: Log | None) -> SearchResult:
-    from parnasc.data.loaders import check_input, make_loaders
-    from parnasc.nas.search import search as run_search
-    from parnasc.nas.train import torch_threads
+def _search_data(job: _SearchJob, ranks: Ranks, log: Log | None) -> tuple[Cifar, DataRecord]:
+    """The checks of a search that need its settings, then its data and the data's record."""
+    from parnasc.data.loaders import check_input
 
-    s, ir, settings = job.compiled.spec, job.compiled.ir, job.settings
+    s, settings = job.compiled.spec, job.settings
     if s.paths > settings.cores:
         raise OptionError(
             f"--cores {settings.cores}: {job.compiled.where} has {s.paths} paths; the method "
             f"runs one path per core, so it needs at least {s.paths} cores"
         )
     check_input(s.input)
+    ranks.check_batch(settings.batch)
     what = None if job.record is None else f"run {job.run_dir}"
     recorded = None if job.record is None else job.record.data
     cifar, rec = _data(what, recorded, job.data, settings.n_train, job.test_images, settings, log)
     if job.record is not None:
         _moved(f"run {job.run_dir}", job.record.device, job.device, log)
-    with torch_threads(job.threads):  # after every check: a refusal leaves torch as it was
+        _processes_changed(f"run {job.run_dir}", job.record.processes, ranks, log)
+    return cifar, rec
+
+
+def _run_search(
+    job: _SearchJob,
+    inputs: tuple[Cifar, DataRecord],
+    ranks: Ranks,
+    progress: Report | None,
+    log: Log | None,
+) -> SearchResult:
+    from parnasc.data.loaders import make_loaders
+    from parnasc.nas.dist import default_threads
+    from parnasc.nas.search import search as run_search
+    from parnasc.nas.train import torch_threads
+
+    s, ir, settings = job.compiled.spec, job.compiled.ir, job.settings
+    cifar, rec = inputs
+    threads = job.threads or default_threads(len(allowed_cpus()))
+    with torch_threads(threads):  # after every check: a refusal leaves torch as it was
         augment = recipe(settings.recipe).augment
-        loaders = make_loaders(cifar, settings.batch, settings.val_fraction, settings.seed, augment)
+        loaders = make_loaders(
+            cifar, settings.batch, settings.val_fraction, settings.seed, augment, ranks.shard
+        )
         costs = None
         if settings.cost == "latency":
             from parnasc.nas.latency import latency_costs
 
-            costs = latency_costs(ir, progress=log)
+            costs = ranks.from_main(latency_costs(ir, progress=log) if ranks.main else None)
         return run_search(
             s,
             ir,
@@ -296,6 +355,7 @@ def _run_search(job: _SearchJob, progress: Report | None, log: Log | None) -> Se
             checkpoint=job.checkpoint,
             spec_path=job.compiled.where,
             device=job.device,
+            ranks=ranks,
         )
 
 
@@ -399,10 +459,42 @@ def retrain(
     `cuda` or `cuda:N` (default: CUDA if available, else the CPU); model.pt holds CPU
     tensors. `resume=True` continues the training there with its recorded data and settings
     (`epochs` may extend it; `threads` and `device` may change); a complete one returns
-    `up_to_date=True`."""
+    `up_to_date=True`. Under torchrun (or in the caller's process group) it is data-parallel
+    like `search`."""
     if recipe is not None and recipe not in RECIPES:
         raise OptionError(f"--recipe {recipe}: expected one of {', '.join(RECIPES)}")
     dev = _device(device)
+    with _ranks(dev) as ranks:
+        if not ranks.main:
+            progress = log = None
+        with ranks.together():  # every check on every rank before any rank writes
+            job = _train_job(
+                spec, data, out_dir, epochs, from_scratch, train_images, test_images, threads,
+                resume, recipe, dev, ranks.world,
+            )  # fmt: skip
+            inputs = None if isinstance(job, TrainResult) else _training_data(job, ranks, log)
+        if isinstance(job, TrainResult) or inputs is None:
+            return cast(TrainResult, job)
+        job = replace(job, run_id=ranks.from_main(job.run_id))  # uuid4 differs on every rank
+        return _run_training(job, inputs, ranks, progress)
+
+
+def _train_job(
+    spec: PathLike | Compiled,
+    data: PathLike | None,
+    out_dir: PathLike | None,
+    epochs: int | None,
+    from_scratch: bool,
+    train_images: int | None,
+    test_images: int | None,
+    threads: int | None,
+    resume: bool,
+    recipe: str | None,
+    dev: str,
+    processes: int,
+) -> _TrainJob | TrainResult:
+    """The job of a retraining (`retrain`'s arguments checked), or the result of a complete
+    one; the recorded thread count is the default when it ran on `processes` processes."""
     c = _compiled(spec)
     if not c.spec.concrete:
         raise OptionError(
@@ -437,7 +529,7 @@ def retrain(
             recipe=recipe or "default",
             device=dev,
         )
-        return _run_training(job, progress, log)
+        return job
     what = f"training {out}"
     record = read_record(out / "train_settings.json", TrainRecord, "training")
     n_epochs = check_resumed_training(
@@ -462,11 +554,11 @@ def retrain(
         data=resumed_data(what, record.data, source),
         train_images=record.data.train_images,
         test_images=record.data.test_images,
-        threads=threads or record.threads,
+        threads=threads or (record.threads if record.processes == processes else None),
         recipe=record.recipe,
         device=dev,
     )
-    return _run_training(job, progress, log)
+    return job
 
 
 def _initial_net(c: Compiled, init: str, from_checkpoint: bool) -> Any:
@@ -491,10 +583,12 @@ def _initial_net(c: Compiled, init: str, from_checkpoint: bool) -> Any:
     return net
 
 
-def _run_training(job: _TrainJob, progress: Report | None, log: Log | None) -> TrainResult:
-    from parnasc.data.loaders import check_input, retrain_loaders
-    from parnasc.nas.train import retrain as run_retrain
-    from parnasc.nas.train import torch_threads
+def _training_data(
+    job: _TrainJob, ranks: Ranks, log: Log | None
+) -> tuple[Any, Settings, Cifar, DataRecord]:
+    """The network to retrain (its initial weights loaded), the settings of its spec, its
+    data and the data's record, after the checks that need them."""
+    from parnasc.data.loaders import check_input
 
     s, out = job.compiled.spec, job.out_dir
     check_input(s.input)
@@ -502,14 +596,36 @@ def _run_training(job: _TrainJob, progress: Report | None, log: Log | None) -> T
     resume = job.record is not None
     net = _initial_net(job.compiled, job.init, resume and (out / "train_checkpoint.pt").exists())
     settings = Settings.from_spec(s.search, s.paths, n_train=job.train_images)
+    ranks.check_batch(settings.batch, "the spec's batch")
     what = None if job.record is None else f"training {out}"
     recorded = None if job.record is None else job.record.data
     cifar, rec = _data(what, recorded, job.data, job.train_images, job.test_images, settings, log)
     if job.record is not None:
         _moved(f"training {out}", job.record.device, job.device, log)
-    with torch_threads(job.threads) as n_threads:  # after every check
+        _processes_changed(f"training {out}", job.record.processes, ranks, log)
+    return net, settings, cifar, rec
+
+
+def _run_training(
+    job: _TrainJob,
+    inputs: tuple[Any, Settings, Cifar, DataRecord],
+    ranks: Ranks,
+    progress: Report | None,
+) -> TrainResult:
+    from parnasc.data.loaders import retrain_loaders
+    from parnasc.nas.dist import default_threads
+    from parnasc.nas.train import retrain as run_retrain
+    from parnasc.nas.train import torch_threads
+
+    s, out = job.compiled.spec, job.out_dir
+    net, settings, cifar, rec = inputs
+    resume = job.record is not None
+    threads = job.threads or default_threads(len(allowed_cpus()))
+    with torch_threads(threads) as n_threads:  # after every check
         how = recipe(job.recipe)
-        train, test = retrain_loaders(cifar, settings.batch, settings.seed, how.augment, how.cutout)
+        train, test = retrain_loaders(
+            cifar, settings.batch, settings.seed, how.augment, how.cutout, ranks.shard
+        )
         record = TrainRecord(
             format=RECORD_FORMAT,
             parnasc=__version__,
@@ -522,6 +638,7 @@ def _run_training(job: _TrainJob, progress: Report | None, log: Log | None) -> T
             threads=n_threads,
             recipe=cast(Literal["default", "paper"], job.recipe),  # checked by retrain()
             device=job.device,
+            processes=ranks.world,
         )
         meta = {
             "spec": str(job.compiled.where),
@@ -544,6 +661,7 @@ def _run_training(job: _TrainJob, progress: Report | None, log: Log | None) -> T
             record,
             how,
             job.device,
+            ranks,
         )
     return TrainResult(out, acc.plain, job.epochs, acc.flip)
 

@@ -55,11 +55,36 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
 ) -> None:
     """parnasc: resource-aware neural architecture search for multicore CPUs."""
+    command = ctx.invoked_subcommand
+    if command not in DATA_PARALLEL and _rank() is not None:
+        raise OptionError(
+            f"torchrun runs 'parnasc search' and 'parnasc train' data-parallel, not "
+            f"'parnasc {command}'; run it without torchrun"
+            + (" (spread an experiment's runs with --shard I/N)" if command == "experiment" else "")
+        )
+
+
+DATA_PARALLEL = ("search", "train")  # the commands torchrun may start
+
+
+def _rank() -> int | None:
+    """This process's rank under torchrun, None without it (torch loads only under it)."""
+    if "WORLD_SIZE" not in os.environ:
+        return None
+    from parnasc.nas.dist import launch_rank, launched
+
+    return launch_rank() if launched() else None
+
+
+def _main_rank() -> bool:
+    """Whether this process prints results: always, except ranks other than 0 under torchrun."""
+    return not _rank()
 
 
 def _err(text: str) -> None:
@@ -396,6 +421,8 @@ def search_cmd(
             test_images=test_images, threads=threads, tau=tau, tau_end=tau_end, device=device,
             progress=live, log=_err,
         )  # fmt: skip
+    if not _main_rank():
+        return
     if result.up_to_date:
         n = result.settings.epochs
         print(
@@ -457,6 +484,8 @@ def train_cmd(
             train_images=train_images, test_images=test_images, threads=threads, resume=resume,
             recipe=recipe, device=device, progress=live, log=_err,
         )  # fmt: skip
+    if not _main_rank():
+        return
     if result.up_to_date:
         print(
             f"{result.out_dir}: the training is already complete ({epochs_text(result.epochs)}): "
@@ -740,7 +769,13 @@ def main() -> None:
     except UserError as exc:
         if debug:
             raise
-        _err(f"parnasc: error: {exc}")
+        rank = _rank()
+        if rank is not None:
+            from parnasc.nas.dist import RankError
+
+            if isinstance(exc, RankError):  # rank 0 says it
+                sys.exit(1)
+        _err(f"parnasc: error{f' (rank {rank})' if rank else ''}: {exc}")
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -20,6 +20,19 @@ if os.environ.get("PARNASC_TEST_CUDA") != "1":
 PARNASC = Path(sys.executable).with_name("parnasc")  # the console script of this venv
 
 RunCli = Callable[..., subprocess.CompletedProcess[str]]
+CIFAR = Path(os.environ.get("PARNASC_CIFAR") or ROOT.parent / "shared/datasets/cifar10-jpeg.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def cifar_archive() -> Path:
+    """The real CIFAR-10 archive (`PARNASC_CIFAR`, default ../shared/datasets/), decoded once
+    into the shared cache so that processes started later only read it."""
+    if not CIFAR.is_file():
+        pytest.fail(f"CIFAR-10 archive not found at {CIFAR} (set PARNASC_CIFAR to its path)")
+    from parnasc.data.cifar import load_cifar10
+
+    load_cifar10(CIFAR)
+    return CIFAR
 
 
 @pytest.fixture

@@ -656,7 +656,9 @@ class Loader:
     ``cutout`` > 0 one ``cutout`` x ``cutout`` square per image set to the mean, its centre
     anywhere in the image) are batched tensor ops drawn from a generator seeded by
     ``(seed, epoch)``; call :meth:`set_epoch` each epoch so a resumed run replays the same
-    batches.
+    batches. ``shard=(rank, world)`` yields only that rank's share of every batch of n images
+    (rows ``rank * n // world`` up to ``(rank + 1) * n // world``) with the draws of the whole
+    batch, so ``world`` loaders together give exactly one unsharded loader's batches.
     """
 
     pad = 4
@@ -673,7 +675,10 @@ class Loader:
         drop_last: bool = False,
         channels_last: bool = True,
         cutout: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        if not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"Loader expects uint8 [N, 3, H, W] images, got {x.dtype} {x.shape}")
         if len(x) != len(y):
@@ -693,6 +698,7 @@ class Loader:
         self.drop_last = drop_last
         self.channels_last = channels_last
         self.cutout = cutout
+        self.shard = shard
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -703,13 +709,17 @@ class Loader:
         n = len(self.y)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def _augment(self, xb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        b, c, h, w = xb.shape
+    def _augment(
+        self, xb: torch.Tensor, g: torch.Generator, size: int, share: slice
+    ) -> torch.Tensor:
+        """Crop and flip `xb`, the rows `share` of a batch of `size` images: the draws are the
+        whole batch's (from `g`), so every share of a batch gets the draws of its rows."""
         p = self.pad
+        off = torch.randint(0, 2 * p + 1, (size, 2), generator=g)[share]
+        flip = torch.randint(0, 2, (size, 1), generator=g).bool()[share]
+        b, c, h, w = xb.shape
         padded = torch.zeros((b, c, h + 2 * p, w + 2 * p), dtype=xb.dtype)
         padded[:, :, p : p + h, p : p + w] = xb
-        off = torch.randint(0, 2 * p + 1, (b, 2), generator=g)
-        flip = torch.randint(0, 2, (b, 1), generator=g).bool()
         cols = torch.arange(w)
         cols = torch.where(flip, cols.flip(0), cols) + off[:, 1:2]  # [b, w]
         rows = torch.arange(h) + off[:, 0:1]  # [b, h]
@@ -717,11 +727,14 @@ class Loader:
         ci = torch.arange(c).view(1, c, 1, 1)
         return padded[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
 
-    def _cutout_mask(self, b: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
-        """``[b, 1, h, w]`` float mask: 0 inside each image's square (clipped at the border)."""
+    def _cutout_mask(
+        self, size: int, h: int, w: int, g: torch.Generator, share: slice
+    ) -> torch.Tensor:
+        """``[b, 1, h, w]`` float mask of the rows `share` of a batch of `size` images (the
+        draws are the whole batch's): 0 inside each image's square (clipped at the border)."""
         s = self.cutout
-        top = torch.randint(0, h, (b, 1), generator=g) - s // 2
-        left = torch.randint(0, w, (b, 1), generator=g) - s // 2
+        top = torch.randint(0, h, (size, 1), generator=g)[share] - s // 2
+        left = torch.randint(0, w, (size, 1), generator=g)[share] - s // 2
         rows = torch.arange(h)
         cols = torch.arange(w)
         in_rows = (rows >= top) & (rows < top + s)  # [b, h]
@@ -732,15 +745,20 @@ class Loader:
         g = _generator(self.seed, self.epoch)
         n = len(self.y)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        rank, world = self.shard
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            size = len(idx)
+            share = slice(rank * size // world, (rank + 1) * size // world)
+            if world > 1:
+                idx = idx[share]
             xb = self.x.index_select(0, idx)
             if self.augment:
-                xb = self._augment(xb, g)
+                xb = self._augment(xb, g, size, share)
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             xf = normalize(xb)
             if self.augment and self.cutout:
-                b, _, h, w = xf.shape
-                xf.mul_(self._cutout_mask(b, h, w, g))  # normalised 0 is the mean
+                _, _, h, w = xf.shape
+                xf.mul_(self._cutout_mask(size, h, w, g, share))  # normalised 0 is the mean
             yield xf, self.y.index_select(0, idx)

@@ -50,24 +50,39 @@ class Loaders:
 
 
 def make_loaders(
-    cifar: Cifar, batch: int, val_fraction: float, seed: int, augment: bool = True
+    cifar: Cifar,
+    batch: int,
+    val_fraction: float,
+    seed: int,
+    augment: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> Loaders:
     """Split the training images (stratified, by `seed`) and build the three loaders;
-    `augment` crops and flips the training batches."""
+    `augment` crops and flips the training batches; `shard` (rank, world): every loader
+    yields that rank's share of each batch (`Loader`)."""
     (xt, yt), (xv, yv) = split_train(cifar.train_x, cifar.train_y, val_fraction, seed)
+    tx, ty = cifar.test_x, cifar.test_y
     return Loaders(
-        train=Loader(xt, yt, batch, shuffle=True, augment=augment, seed=seed, drop_last=True),
-        val=Loader(xv, yv, batch, shuffle=True, augment=False, seed=seed + 1),
-        test=Loader(cifar.test_x, cifar.test_y, TEST_BATCH, shuffle=False, augment=False, seed=0),
+        train=Loader(
+            xt, yt, batch, shuffle=True, augment=augment, seed=seed, drop_last=True, shard=shard
+        ),
+        val=Loader(xv, yv, batch, shuffle=True, augment=False, seed=seed + 1, shard=shard),
+        test=Loader(tx, ty, TEST_BATCH, shuffle=False, augment=False, seed=0, shard=shard),
     )
 
 
 def retrain_loaders(
-    cifar: Cifar, batch: int, seed: int, augment: bool = True, cutout: int = 0
+    cifar: Cifar,
+    batch: int,
+    seed: int,
+    augment: bool = True,
+    cutout: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[Loader, Loader]:
     """Batches for retraining a derived network: every training image (shuffled, whole
     batches, cropped and flipped with `augment`, plus a `cutout` square when > 0; the held-out
-    split belongs to the search alone) and the test images."""
+    split belongs to the search alone) and the test images; `shard` (rank, world): this
+    rank's share of each batch (`Loader`)."""
     train = Loader(
         cifar.train_x,
         cifar.train_y,
@@ -77,8 +92,10 @@ def retrain_loaders(
         seed=seed,
         drop_last=True,
         cutout=cutout,
+        shard=shard,
     )
-    test = Loader(cifar.test_x, cifar.test_y, TEST_BATCH, shuffle=False, augment=False, seed=0)
+    tx, ty = cifar.test_x, cifar.test_y
+    test = Loader(tx, ty, TEST_BATCH, shuffle=False, augment=False, seed=0, shard=shard)
     return train, test
 
 

@@ -111,6 +111,7 @@ class RunRecord(BaseModel):
     data: DataRecord | None  # None: a run made with the caller's own loaders
     threads: int = Field(ge=1)  # the default of a resume (thread counts change float sums)
     device: str | None = None  # where it last ran (information: a resume may use another)
+    processes: int = Field(default=1, ge=1)  # data-parallel ranks it last ran on (likewise)
 
     def run_settings(self) -> Settings:
         return Settings(**self.settings.model_dump())
@@ -132,6 +133,7 @@ class TrainRecord(BaseModel):
     threads: int = Field(ge=1)  # the default of a resume (thread counts change float sums)
     recipe: Literal["default", "paper"] = "default"  # the training recipe
     device: str | None = None  # where it last ran (information: a resume may use another)
+    processes: int = Field(default=1, ge=1)  # data-parallel ranks it last ran on (likewise)
 
     def identity(self) -> dict[str, Any]:
         """Which training (and how long) a `model.pt` is the result of: a model left by an

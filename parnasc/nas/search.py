@@ -25,6 +25,7 @@ from parnasc.ir.resources import memory_per_core
 from parnasc.ir.to_pnas import concrete_spec_text
 from parnasc.lang.spec import OptimSpec, Spec
 from parnasc.nas.device import resolve_device
+from parnasc.nas.dist import SOLO, Ranks
 from parnasc.nas.loss import CostModel, flops_costs, total_loss
 from parnasc.nas.lower import Net, arch_choices, lower
 from parnasc.nas.recipes import Settings, recipe
@@ -145,6 +146,7 @@ def search(
     checkpoint: dict[str, Any] | None = None,
     spec_path: Path | None = None,
     device: torch.device | str | None = None,
+    ranks: Ranks = SOLO,
 ) -> SearchResult:
     """Search the supernet `ir` with the loaders `train` and `val` (`parnasc.data.cifar.Loader`
     or anything with `set_epoch`, `len` and batches), writing the run directory `run_dir`.
@@ -157,8 +159,13 @@ def search(
     `data` is recorded in settings.json (None: the caller's own loaders); `spec_path` is where
     the spec's file is now (default: `spec.file`). `costs` defaults to the flops cost model.
     The supernet, its optimizers' states, the cost model and the batches live on `device`
-    (default: the CPU; recorded in settings.json); the files hold CPU tensors."""
+    (default: the CPU; recorded in settings.json); the files hold CPU tensors.
+
+    With `ranks` (data-parallel, `parnasc.nas.dist`), `train` and `val` yield this rank's
+    shares of every batch; gradients, batch-norm statistics and metrics are reduced over the
+    ranks, the same architecture is derived on each, and rank 0 alone writes files."""
     dev = resolve_device(device) if device is not None else torch.device("cpu")
+    main = ranks.main
     run_dir.mkdir(parents=True, exist_ok=True)
     check_budget(ir, spec.target.memory)
     costs = (costs or flops_costs(ir)).to(dev)
@@ -168,7 +175,6 @@ def search(
     a_opt = make_optimizer(list(net.arch.parameters()), OptimSpec.model_validate(settings.arch))
     ck_path = run_dir / "checkpoint.pt"
     log, arch_log = JsonLog(run_dir / "metrics.jsonl"), JsonLog(run_dir / "arch.jsonl")
-    remove_temporaries(run_dir, SEARCH_OUTPUTS)
     start = 0
     ck = None
     if resume:
@@ -178,10 +184,14 @@ def search(
         load_state(w_opt, ck["w_opt"], ck_path, "the weight optimizer of the settings")
         load_state(a_opt, ck["a_opt"], ck_path, "the architecture optimizer of the settings")
         start = ck["epoch"]
+    ranks.broadcast_module(net)  # every rank has read what it needs: rank 0 may write now
+    if main:
+        remove_temporaries(run_dir, SEARCH_OUTPUTS)
+    if ck is not None and main:
         (run_dir / "result.json").unlink(missing_ok=True)
         log.truncate_after(start)
         arch_log.truncate_after(start)
-    else:  # a new run (or one killed before its first checkpoint): nothing old survives
+    elif main:  # a new run (or one killed before its first checkpoint): nothing old survives
         for f in (run_dir / "result.json", ck_path, log.path, arch_log.path):
             f.unlink(missing_ok=True)
     meta = {
@@ -190,45 +200,48 @@ def search(
         "spec_hash": spec.spec_hash,
         "settings": json.dumps(asdict(settings), sort_keys=True),
     }
-    record = _run_record(spec, settings, data, Path(spec_path or spec.file), dev)
-    atomic_text(run_dir / "settings.json", json.dumps(record, indent=1) + "\n")
+    record = _run_record(spec, settings, data, Path(spec_path or spec.file), dev, ranks.world)
+    if main:
+        atomic_text(run_dir / "settings.json", json.dumps(record, indent=1) + "\n")
     if report:
         begin = {"epochs": settings.epochs, "batches": len(train), "spec": record["spec"]}
         report("start", start, 0, begin)
     for epoch in range(start + 1, settings.epochs + 1):
         t0 = time.perf_counter()
         phase, means, agree = _epoch(
-            net, w_opt, a_opt, train, val, costs, settings, epoch, report, dev
+            net, w_opt, a_opt, train, val, costs, settings, epoch, report, dev, ranks
         )
         net.temperature = _temperature_after(settings, epoch)
+        ranks.average_buffers(net)
+        ranks.check_same(f"the supernet after epoch {epoch}", net)
         probs = {k: [round(v, 6) for v in p.tolist()] for k, p in net.probabilities().items()}
         row = {
             "epoch": epoch,
             "phase": phase,
             **means,
-            "val_acc": evaluate(net, iter(val)),
+            "val_acc": evaluate(net, iter(val), ranks=ranks),
             "seconds": time.perf_counter() - t0,
         }
-        log.append(row)
         ds = decisions(probs)
-        arch_log.append(
-            {
-                "epoch": epoch,
-                "temperature": round(net.temperature, 6),
-                "probabilities": probs,
-                "margin": {k: round(d.margin, 6) for k, d in ds.items()},
-                "entropy": {k: round(d.entropy, 6) for k, d in ds.items()},
-                "undecided": sum(not d.decided for d in ds.values()),
-                "agreement": agree,
-            }
-        )
+        arch_row = {
+            "epoch": epoch,
+            "temperature": round(net.temperature, 6),
+            "probabilities": probs,
+            "margin": {k: round(d.margin, 6) for k, d in ds.items()},
+            "entropy": {k: round(d.entropy, 6) for k, d in ds.items()},
+            "undecided": sum(not d.decided for d in ds.values()),
+            "agreement": agree,
+        }
         state = {"epoch": epoch, "net": net.state_dict(), "w_opt": w_opt.state_dict()}
-        atomic_save({**state, "a_opt": a_opt.state_dict(), "meta": meta}, ck_path)
+        if main:
+            log.append(row)
+            arch_log.append(arch_row)
+            atomic_save({**state, "a_opt": a_opt.state_dict(), "meta": meta}, ck_path)
         if report:
             arch = {"arch": probs, "labels": net.choices, "temperature": net.temperature}
             report("epoch-end", epoch, len(train), {**row, **arch})
     net.temperature = _temperature_after(settings, settings.epochs)
-    return _finish(spec, ir, settings, net, val, costs, run_dir, meta)
+    return _finish(spec, ir, settings, net, val, costs, run_dir, meta, ranks)
 
 
 def _temperature_after(settings: Settings, epoch: int) -> float:
@@ -239,7 +252,12 @@ def _temperature_after(settings: Settings, epoch: int) -> float:
 
 
 def _run_record(
-    spec: Spec, settings: Settings, data: DataRecord | None, spec_file: Path, device: torch.device
+    spec: Spec,
+    settings: Settings,
+    data: DataRecord | None,
+    spec_file: Path,
+    device: torch.device,
+    processes: int,
 ) -> dict[str, Any]:
     """The content of settings.json (`parnasc.nas.runs.RunRecord`)."""
     return {
@@ -252,6 +270,7 @@ def _run_record(
         "data": None if data is None else data.model_dump(),
         "threads": torch.get_num_threads(),
         "device": str(device),
+        "processes": processes,
     }
 
 
@@ -299,11 +318,12 @@ def _epoch(
     epoch: int,
     report: Report | None,
     device: torch.device,
+    ranks: Ranks,
 ) -> tuple[str, dict[str, float], dict[str, float]]:
     """One epoch of weight steps (and architecture steps after the warm-up), the batches moved
-    to `device`; returns its phase (`warmup` or `search`), the running means of its batches
-    and the gradient agreement of every decision (`GradientAgreement`; empty in a warm-up
-    epoch)."""
+    to `device`, the gradients averaged over `ranks`; returns its phase (`warmup` or
+    `search`), the means of its batches over the ranks and the gradient agreement of every
+    decision (`GradientAgreement`; empty in a warm-up epoch)."""
     epoch_seed(settings.seed, epoch)
     train.set_epoch(epoch)
     val.set_epoch(epoch)
@@ -322,12 +342,14 @@ def _epoch(
         net.temperature = settings.temperature(done / max(1, searched))
         if phase == "search" and settings.mode == "alternate":
             xv, yv = next(val_iter)
-            xv, yv = to_device(xv, yv, device)
-            loss, _ = total_loss(
-                net(xv), yv, net.probabilities(), costs, settings.alpha, settings.beta
-            )
             a_opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if len(yv):  # a share of a held-out batch smaller than the ranks may be empty
+                xv, yv = to_device(xv, yv, device)
+                loss, _ = total_loss(
+                    net(xv), yv, net.probabilities(), costs, settings.alpha, settings.beta
+                )
+                loss.backward()
+            ranks.average_gradients(net.arch.parameters(), len(yv))
             agreement.add(net)
             a_opt.step()
         logits = net(x)
@@ -336,14 +358,15 @@ def _epoch(
         w_opt.zero_grad(set_to_none=True)
         a_opt.zero_grad(set_to_none=True)
         loss.backward()
+        ranks.average_gradients(net.parameters(), len(y))
         w_opt.step()
         if phase == "search" and settings.mode == "joint":
             agreement.add(net)
             a_opt.step()
         meter.add(logits, y, parts)
         if report:
-            report(phase, epoch, i + 1, meter.means())
-    return phase, meter.means(), agreement.values()
+            report(phase, epoch, i + 1, ranks.progress(meter.means()))
+    return phase, ranks.row(meter), agreement.values()
 
 
 def _finish(
@@ -355,29 +378,34 @@ def _finish(
     costs: CostModel,
     run_dir: Path,
     meta: dict[str, Any],
+    ranks: Ranks,
 ) -> SearchResult:
-    """Derive, write the derived outputs (each atomic) and last result.json, the marker. The
-    concrete network is built on the CPU; the searched weights are copied into it there."""
+    """Derive, write the derived outputs (each atomic; rank 0) and last result.json, the
+    marker. The concrete network is built on the CPU; the searched weights are copied into
+    it there. Every rank derives the same architecture (checked)."""
     probs = {k: v.detach().tolist() for k, v in net.probabilities().items()}
     choices = derive(probs, ir, spec.target.memory)
     concrete_ir = prune(ir, choices)
     concrete = lower(concrete_ir)
     transfer_weights(concrete, net, choices)
-    atomic_save({"net": concrete.state_dict(), "meta": meta}, run_dir / "searched.pt")
-    atomic_save({"net": net.state_dict(), "meta": meta}, run_dir / "supernet.pt")
-    text = concrete_spec_text(concrete_ir, spec, probs, asdict(settings))
-    atomic_text(run_dir / "derived.pnas", text)
+    ranks.check_same("the derived architecture", concrete, choices, probs)
     result = SearchResult(
         run_dir=run_dir,
         spec_hash=spec.spec_hash,
         settings=settings,
         choices=choices,
         probabilities=probs,
-        val_acc=evaluate(net, iter(val)),
+        val_acc=evaluate(net, iter(val), ranks=ranks),
         cost=costs.cost_of(choices, net),
         cost_kind=costs.kind,
         memory_per_core=memory_per_core(concrete_ir),
     )
+    if not ranks.main:
+        return result
+    atomic_save({"net": concrete.state_dict(), "meta": meta}, run_dir / "searched.pt")
+    atomic_save({"net": net.state_dict(), "meta": meta}, run_dir / "supernet.pt")
+    text = concrete_spec_text(concrete_ir, spec, probs, asdict(settings))
+    atomic_text(run_dir / "derived.pnas", text)
     summary = {
         **meta,
         "choices": choices,

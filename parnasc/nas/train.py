@@ -24,6 +24,7 @@ from parnasc.files import write_text as atomic_text
 from parnasc.ir.frontend import compile_file
 from parnasc.lang.spec import OptimSpec, Spec
 from parnasc.nas.device import module_device, on_cpu, resolve_device
+from parnasc.nas.dist import SOLO, Ranks
 from parnasc.nas.lower import Net, lower
 from parnasc.nas.recipes import TRAIN_RECIPES, Recipe
 from parnasc.nas.runs import TrainRecord, one_line
@@ -109,20 +110,27 @@ class WeightAverage:
 
 @torch.no_grad()
 def evaluate(
-    net: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], flip: bool = False
+    net: nn.Module,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    flip: bool = False,
+    ranks: Ranks = SOLO,
 ) -> float:
     """Top-1 accuracy in [0, 1], the batches moved to the network's device; `flip` averages
-    the logits of each image and its mirror image (test-time augmentation)."""
+    the logits of each image and its mirror image (test-time augmentation). With `ranks`,
+    `batches` are this rank's shares and the counts are summed over the ranks."""
     net.eval()
     device = module_device(net)
     correct = total = 0
     for x, y in batches:
+        if not len(y):  # a share of a batch smaller than the ranks
+            continue
         x, y = to_device(x, y, device)
         logits = net(x)
         if flip:
             logits = logits + net(x.flip(3))
         correct += int((logits.argmax(1) == y).sum())
         total += len(y)
+    correct, total = (int(v) for v in ranks.sum([correct, total]))
     return correct / max(1, total)
 
 
@@ -242,6 +250,12 @@ class Meter:
         for k, v in parts.items():
             self.sums[k] = self.sums.get(k, 0.0) + v * b
 
+    def merged(self, ranks: Ranks) -> Meter:
+        """This meter with the counts and sums of every rank (its own start time)."""
+        keys = sorted(self.sums)
+        n, correct, *sums = ranks.sum([self.n, self.correct, *(self.sums[k] for k in keys)])
+        return Meter(int(n), int(correct), dict(zip(keys, sums, strict=True)), self.start)
+
     def means(self) -> dict[str, float]:
         out = {k: v / max(1, self.n) for k, v in self.sums.items()}
         out["train_acc"] = self.correct / max(1, self.n)
@@ -305,6 +319,7 @@ def retrain(
     record: TrainRecord | None = None,
     recipe: Recipe = TRAIN_RECIPES["default"],
     device: torch.device | str | None = None,
+    ranks: Ranks = SOLO,
 ) -> Accuracy:
     """Train a concrete network for `epochs` with `recipe` (its optimizer when it names one,
     else `optim`), checkpointing every epoch; returns the test accuracy of the network kept
@@ -314,12 +329,16 @@ def retrain(
     removes the old checkpoint and log, then writes `record` (`train_settings.json`); the
     finished model (`model.pt`, written last) carries the record's identity. `net` is moved
     to `device` (default: the CPU) with its optimizer state, weight average and batches;
-    the files hold CPU tensors."""
+    the files hold CPU tensors. With `ranks` (data-parallel, `parnasc.nas.dist`) the loaders
+    yield this rank's shares, gradients and metrics are reduced over the ranks, and rank 0
+    alone writes files."""
     dev = resolve_device(device) if device is not None else torch.device("cpu")
     net.to(dev)
     ck_path = out_dir / "train_checkpoint.pt"
     log = JsonLog(out_dir / "train_metrics.jsonl")
-    remove_temporaries(out_dir, TRAIN_OUTPUTS)
+    main = ranks.main
+    if main:
+        remove_temporaries(out_dir, TRAIN_OUTPUTS)
     if recipe.weights is not None:
         optim = OptimSpec.model_validate(recipe.weights)
     opt = make_optimizer(param_groups(net, optim.wd, recipe.decay_norms), optim)
@@ -333,11 +352,15 @@ def retrain(
         if average is not None:
             load_state(average, ck.get("ema"), ck_path, "the weight average of the recipe")
         start = ck["epoch"]
-        log.truncate_after(start)
-    else:
+        if main:
+            log.truncate_after(start)
+    elif main:
         ck_path.unlink(missing_ok=True)
         log.path.unlink(missing_ok=True)
-    if record is not None:
+    ranks.broadcast_module(net)  # after every rank has read what it needs: rank 0 writes next
+    if average is not None:
+        ranks.broadcast_module(average.net)
+    if record is not None and main:
         atomic_text(out_dir / "train_settings.json", record.model_dump_json(indent=1) + "\n")
     total = epochs * len(train)
     if report:
@@ -354,27 +377,36 @@ def retrain(
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            ranks.average_gradients(net.parameters(), len(y))
             opt.step()
             if average is not None:
                 average.update(net)
             meter.add(logits, y, {"ce": loss.detach().item()})
             if report:
-                report("train", epoch, i + 1, meter.means())
-        row = {"epoch": epoch, **meter.means(), "test_acc": evaluate(kept, iter(test))}
-        log.append(row)
+                report("train", epoch, i + 1, ranks.progress(meter.means()))
+        nets = [net] if average is None else [net, average.net]
+        for n in nets:
+            ranks.average_buffers(n)
+        ranks.check_same(f"the network after epoch {epoch}", *nets)
+        test_acc = evaluate(kept, iter(test), ranks=ranks)
+        row = {"epoch": epoch, **ranks.row(meter), "test_acc": test_acc}
         state = {"epoch": epoch, "net": net.state_dict(), "opt": opt.state_dict()}
         if average is not None:
             state["ema"] = average.state_dict()
-        atomic_save(state, ck_path)
+        if main:
+            log.append(row)
+            atomic_save(state, ck_path)
         if report:
             report("train-end", epoch, len(train), row)
-    acc = Accuracy(evaluate(kept, iter(test)), evaluate(kept, iter(test), flip=True))
+    plain = evaluate(kept, iter(test), ranks=ranks)
+    acc = Accuracy(plain, evaluate(kept, iter(test), flip=True, ranks=ranks))
     meta = {"parnasc": __version__, **settings, "test_acc": acc.plain, "test_acc_tta": acc.flip}
     if average is not None:
-        meta["test_acc_last_weights"] = evaluate(net, iter(test))
+        meta["test_acc_last_weights"] = evaluate(net, iter(test), ranks=ranks)
     if record is not None:
         meta["training"] = record.identity()
-    atomic_save({"net": kept.state_dict(), "meta": meta}, out_dir / "model.pt")
+    if main:
+        atomic_save({"net": kept.state_dict(), "meta": meta}, out_dir / "model.pt")
     return acc
 
 
