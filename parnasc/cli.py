@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -71,6 +72,7 @@ def _root(
 
 
 DATA_PARALLEL = ("search", "train")  # the commands torchrun may start
+RANK_ERROR_WAIT = 10.0  # seconds a rank waits for rank 0 to report an error they agreed on
 
 
 def _rank() -> int | None:
@@ -773,7 +775,8 @@ def main() -> None:
         if rank is not None:
             from parnasc.nas.dist import RankError
 
-            if isinstance(exc, RankError):  # rank 0 says it
+            if isinstance(exc, RankError):  # rank 0 says it: let its line come first
+                time.sleep(RANK_ERROR_WAIT)  # (torchrun stops this rank when rank 0 exits)
                 sys.exit(1)
         _err(f"parnasc: error{f' (rank {rank})' if rank else ''}: {exc}")
         sys.exit(1)

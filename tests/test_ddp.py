@@ -227,6 +227,27 @@ def test_two_rank_retraining_identical_and_written_once(runs: Runs) -> None:
     assert model["meta"]["training"]["run_id"] == record["run_id"]  # one run id for both ranks
 
 
+def test_torchrun_reports_an_error_the_ranks_agree_on_once(runs: Runs) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PARNASC_DEBUG"}
+    env["OMP_NUM_THREADS"] = "1"
+    search = ["search", str(runs.spec), "--batch", "33", "--out", "odd", "--threads", "1"]
+    p = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "parnasc", *search],
+        cwd=runs.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert p.returncode == 1
+    ours = [ln for ln in p.stderr.splitlines() if ln.startswith("parnasc:")]
+    assert ours == [
+        "parnasc: error: --batch 33: does not split over the 2 processes of this run; each "
+        "takes an equal share of every batch, so give a multiple of 2"
+    ], p.stderr  # from rank 0 alone, before torchrun's own summary of the failure
+    assert not (runs.root / "odd").exists()
+
+
 def test_torchrun_refuses_the_commands_it_does_not_run(tmp_path: Path) -> None:
     env = _rank_env(0, 2, _free_port())
     p = subprocess.run(
