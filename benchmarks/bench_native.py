@@ -1,6 +1,7 @@
 """Batch-1 latency of emitted architectures: parnasc (native executor) against every ORT setup.
 
     .venv/bin/python benchmarks/bench_native.py SPEC... [--reps 300] [--cores 2] [--out DIR]
+        [--lanes]
 
 Each SPEC (a concrete ``.pnas``: ``examples/*_arch.pnas``, a derived spec) is emitted as
 ``parnasc emit SPEC -o DIR/<name>`` does (initial weights, autotuned schedule on this machine;
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+import onnx  # noqa: E402
 
 from parnasc import api  # noqa: E402
 from parnasc.cpus import allowed_cpus  # noqa: E402
@@ -41,9 +43,10 @@ from parnasc.deploy.bench import (  # noqa: E402
     format_table,
     path_parallel_bound,
 )
+from parnasc.deploy.emit import build_schedule  # noqa: E402
 from parnasc.deploy.native import NativeExecutor  # noqa: E402
 from parnasc.deploy.runtime import Runtime  # noqa: E402
-from parnasc.deploy.schema import load_schedule  # noqa: E402
+from parnasc.deploy.schema import load_schedule, read_structure  # noqa: E402
 
 
 def step_lines(model_dir: Path, cores: int) -> list[str]:
@@ -81,16 +84,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cores", type=int, default=len(allowed_cpus()))
     ap.add_argument("--reps", type=int, default=300)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_native")
+    ap.add_argument(
+        "--lanes",
+        action="store_true",
+        help="emit the lanes plan itself (no autotuning) and time it without the runtime's "
+        "re-checks (what the plan gives, whatever the autotuner would pick)",
+    )
     args = ap.parse_args(argv)
     summary = []
     for spec in args.specs:
         name = spec.stem
         model_dir = args.out / name
         t0 = time.perf_counter()
-        emitted = api.emit(spec, model_dir, cores=args.cores)
+        emitted = api.emit(spec, model_dir, cores=args.cores, measure=not args.lanes)
+        if args.lanes:
+            model = onnx.load(str(model_dir / "model.onnx"))
+            paths = read_structure(model)["paths"]
+            build_schedule(model, paths, args.cores, out_dir=model_dir, lanes_only=True)
         t_emit = time.perf_counter() - t0
         sched = load_schedule(model_dir)
-        rows = benchmark(model_dir, args.cores, args.reps)
+        rows = benchmark(model_dir, args.cores, args.reps, adapt=not args.lanes)
         bound = path_parallel_bound(model_dir, args.cores, args.reps)
         ceil = ceiling_row(bound, rows)
         print(f"\n== {spec} cores={args.cores} plan={sched['plan']} (emit {t_emit:.1f}s)")

@@ -651,7 +651,17 @@ int pn_run(void* h, float* x, float* y, char* err, int errlen) {
   ex->failed.store(false);
   const bool several = !ex->threads.empty();
   cpu_set_t saved;
-  const bool pinned = several && ex->pin_caller &&
+  // The caller is lane 0.  Pinned for every run with pin_caller; otherwise moved to lane 0's
+  // CPU only when it sits on a CPU a worker lane is pinned to (after a sleep the OS may wake it
+  // there, and then it shares that CPU with the lane until the load balancer moves it), so the
+  // common case costs one sched_getcpu (vDSO) and no system call.
+  bool move = several && ex->pin_caller;
+  if (several && ex->pin && !move) {
+    const int cur = sched_getcpu();
+    for (int l = 1; l < ex->n_lanes && !move; ++l)
+      move = cur == ex->cpus[l] && cur != ex->cpus[0] && !ex->work[l].empty();
+  }
+  const bool pinned = move &&
                       pthread_getaffinity_np(pthread_self(), sizeof saved, &saved) == 0 &&
                       Exec::pin_to(ex->cpus[0]);
   if (ex->timing) ex->run_t0 = now_ns();
