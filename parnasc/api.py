@@ -816,8 +816,10 @@ def bench(
     model_dir: PathLike, *, cores: int | None = None, reps: int = 100, bound: bool = False
 ) -> BenchResult:
     """Time an emitted model at batch 1 (warm-up, then `reps` >= 100 timed runs, engines
-    interleaved): ONNX Runtime sequential, intra-op and parallel with the partition file,
-    PyTorch eager and the parnasc runtime, outputs checked equal. `bound` adds the
+    interleaved): ONNX Runtime sequential, intra-op (defaults; pinned spinning helpers) and
+    parallel with the partition file (spinning off; on), PyTorch eager and the parnasc runtime,
+    outputs checked equal; the parnasc row names the best ORT configuration and the speedup
+    over it. `bound` adds the
     path-parallel ceiling from ONNX Runtime's per-node profile. `cores` defaults to the
     schedule's."""
     from parnasc.deploy.bench import benchmark, path_parallel_bound

@@ -53,6 +53,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import sys
 import threading
 import time
 import weakref
@@ -65,7 +66,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from parnasc.cpus import allowed_cpus, can_pin, set_affinity
+from parnasc.cpus import allowed_cpus, can_pin, cpu_model, set_affinity
 from parnasc.deploy import native
 from parnasc.deploy.native import NativeError, NativeExecutor, NativeSegment, View
 from parnasc.deploy.schema import load_schedule
@@ -84,6 +85,20 @@ __all__ = [
 ]
 
 _POLL_S = 0.05  # how often a wait on a worker checks that the worker is still alive
+_noted: set[str] = set()
+
+
+def _note_once(msg: str) -> None:
+    """Print ``msg`` on stderr the first time only."""
+    if msg not in _noted:
+        _noted.add(msg)
+        print(msg, file=sys.stderr)
+
+
+def lanes_fingerprint() -> dict[str, str]:
+    """What a lanes plan's graph depends on: the CPU model (its vector width picks ORT's NCHWc
+    block) and the ORT version that optimized it."""
+    return {"cpu": cpu_model(), "onnxruntime": str(ort.__version__)}
 
 
 def lane_cpus(cores: int | None) -> list[int]:
@@ -573,9 +588,26 @@ class Runtime:
                     f"{where}: plan {name!r} cannot run an input of shape "
                     f"{shape} (input_shape): {_ort_reason(exc)}"
                 ) from None
+        if views:
+            self._check_lanes_plan(where)
         self._adapt = adapt
         if adapt and len(self._plans) > 1:
             self._retime(self._probe, rounds=6, per_round=max(1, calibration_reps // 6), warmup=10)
+
+    def _check_lanes_plan(self, where: Path) -> None:
+        """The lanes plan is ORT's optimized graph of the machine that emitted it (its NCHWc
+        block follows that CPU's vector width): on another CPU model or ORT version, drop it
+        for the fused plans and say so once."""
+        here = lanes_fingerprint()
+        if self.schedule.get("cut_for") == here:
+            return
+        self._plans.pop(self.scheduled_plan).close()
+        self.plan = "fused-1"
+        _note_once(
+            f"parnasc: note: {where}: plan {self.scheduled_plan!r} was cut for "
+            f"{self.schedule.get('cut_for')}, not this machine ({here}); running the whole "
+            "model instead; re-run 'parnasc emit' here"
+        )
 
     def _retime(self, x: np.ndarray, rounds: int, per_round: int, warmup: int) -> None:
         """Time every plan on ``x`` in interleaved rounds and switch to the best."""

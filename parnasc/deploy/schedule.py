@@ -22,7 +22,7 @@ import onnxruntime
 from parnasc.deploy import autotune, native
 from parnasc.deploy.lanes import LanesPlan, lanes_plan
 from parnasc.deploy.native import NativeExecutor
-from parnasc.deploy.runtime import lane_cpus
+from parnasc.deploy.runtime import lane_cpus, lanes_fingerprint
 from parnasc.deploy.schema import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -599,6 +599,7 @@ def make_schedule(
             for lv, s in zip(stages(structure), choice.streams, strict=True)
         ],
         "views": views,
+        "cut_for": lanes_fingerprint() if views else None,
         "phases": phase_rows,
         "segments": seg_rows,
         "per_core": _per_core(phase_rows, seg_rows, cores),

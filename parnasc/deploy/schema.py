@@ -40,7 +40,9 @@ them.  Keys:
   ``offset`` on; segments that read ``parent`` run after all its views
 * ``plan`` ``lanes-<n>`` (:mod:`parnasc.deploy.lanes`): ``n`` lanes over segments of ORT's
   optimized graph (NCHWc tensors between lanes), the stem split over the lanes by views, each
-  lane computing the sync combine before its own paths; batch 1 (other batches run ``fused-1``)
+  lane computing the sync combine before its own paths; batch 1 (other batches run ``fused-1``);
+  ``cut_for``: ``{cpu, onnxruntime}`` of the machine whose ORT optimized the graph (elsewhere
+  the runtime runs the whole model instead), null for other plans
 * ``per_core``: ``[{core, role, segments, intra_op_helper_for, idle_phases}]``
 * ``critical_path``: ``{segments, time_us, basis}`` (longest segment of each phase, summed)
 * ``expected_us`` (end-to-end median of the chosen plan in the final, or its estimate),
