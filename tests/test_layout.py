@@ -130,6 +130,8 @@ def _group(mod: str) -> str:
         return "base"
     if mod == "parnasc":
         return "api"
+    if mod == "parnasc.__main__":  # `python -m parnasc`: the command line
+        return "cli"
     return mod.split(".")[1]  # parnasc.ir.graph -> ir, parnasc.cli -> cli
 
 
