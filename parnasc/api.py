@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from parnasc.ir.provenance import Provenance
     from parnasc.lang.spec import Spec
     from parnasc.nas.dist import Ranks
+    from parnasc.nas.latency import Measurer
     from parnasc.nas.train import Report
 
 Log = Callable[[str], None]
@@ -340,7 +341,11 @@ def _run_search(
         if settings.cost == "latency":
             from parnasc.nas.latency import latency_costs
 
-            costs = ranks.from_main(latency_costs(ir, progress=log) if ranks.main else None)
+            costs = ranks.from_main(
+                latency_costs(ir, progress=log, measurer=_latency_measurer(log))
+                if ranks.main
+                else None
+            )
         return run_search(
             s,
             ir,
@@ -357,6 +362,17 @@ def _run_search(
             device=job.device,
             ranks=ranks,
         )
+
+
+def _latency_measurer(log: Log | None) -> Measurer | None:
+    """The deployed engine's latency measurer (ORT ops, native joins); None, with one note,
+    where the native executor is unavailable (the table is then measured in torch eager)."""
+    from parnasc.deploy.measure import native_measurer
+
+    measurer, why = native_measurer()
+    if measurer is None and log is not None:
+        log(f"note: latency table measured in torch eager (native executor unavailable: {why})")
+    return measurer
 
 
 def _data(

@@ -1,11 +1,17 @@
 """The latency table without torch: what is measured for an IR, the cache key, and reading a
 table that a search measured earlier (`parnasc.nas.latency` measures and writes them).
 
-`find_table` only reads: it looks for a cached table of this machine (CPU model, torch version,
-measuring protocol, number of paths) that holds every op of the IR, the exact key first, then
-any table that holds a superset (a supernet's table covers the architectures derived from it).
+A table records which measurer made it (`measurer`: `"torch"`, torch eager with a
+`threading.Barrier`, or `"ort-native"`, ONNX Runtime with the native executor's barrier, see
+`parnasc.deploy.measure`) and its version; both are in the cache key, so a table is never reused
+across measurers. `find_table` only reads: it looks for a cached table of this machine (CPU
+model, torch version, measuring protocol, number of paths) that holds every op of the IR, the
+exact key first, then any table that holds a superset (a supernet's table covers the
+architectures derived from it); a table of the deployed engine (`ort-native`) wins over a torch
+one.
 `latency_range` predicts the batch-1 latency from a table as the `latency` cost model does
-(parnasc.nas.loss): the critical path over the paths, a join at every sync site that is on.
+(parnasc.nas.loss): the critical path over the paths, a join at every sync site that is on,
+plus the table's fixed per-inference overhead (`run_us`, 0 for the torch measurer).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from parnasc.cpus import cpu_model
 from parnasc.files import cache_dir
 from parnasc.ir.graph import IR, Node
 
-PROTOCOL = 1  # bump when the measuring method changes (invalidates caches)
+PROTOCOL = 2  # bump when the measuring method changes (invalidates caches)
 
 
 def default_latency_dir() -> Path:
@@ -76,13 +82,19 @@ def items(ir: IR) -> dict[str, dict[str, Any]]:
     return out
 
 
-def cache_key(keys: list[str], paths: int, torch: str | None = None) -> str:
-    """The table's file name (without .json) for the item keys `keys` on this machine."""
+def cache_key(
+    keys: list[str], paths: int, torch: str | None = None, measurer: str | None = None
+) -> str:
+    """The table's file name (without .json) for the item keys `keys` on this machine, as
+    measured by `measurer` (its name and version; default the torch measurer's,
+    `"torch <torch version>"`)."""
+    torch = torch if torch is not None else torch_version()
     blob = json.dumps(
         {
             "protocol": PROTOCOL,
+            "measurer": measurer if measurer is not None else f"torch {torch}",
             "cpu": cpu_model(),
-            "torch": torch if torch is not None else torch_version(),
+            "torch": torch,
             "paths": paths,
             "items": sorted(set(keys)),
         },
@@ -102,6 +114,7 @@ def _usable(table: Any, paths: int, needed: set[str], torch: str | None) -> bool
         and table.get("torch") == torch
         and table.get("paths") == paths
         and isinstance(table.get("barrier_us"), int | float)
+        and isinstance(table.get("run_us", 0.0), int | float)
         and isinstance(table.get("items"), dict)
         and needed <= set(table["items"])
     )
@@ -120,14 +133,17 @@ def find_table(ir: IR, root: Path | None = None) -> tuple[Path, dict[str, Any]] 
         others = sorted(p for p in folder.glob("*.json") if p != exact)
     except OSError:
         return None
+    found: list[tuple[Path, dict[str, Any]]] = []
     for file in [exact, *others]:
         try:
             table = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         if _usable(table, ir.paths, needed, torch):
-            return file, table
-    return None
+            found.append((file, table))
+    native = [f for f in found if f[1].get("measurer") == "ort-native"]
+    best = native or found
+    return best[0] if best else None
 
 
 def latency_range(ir: IR, table: dict[str, Any]) -> tuple[float, float]:
@@ -136,6 +152,7 @@ def latency_range(ir: IR, table: dict[str, Any]) -> tuple[float, float]:
     fastest candidate and every searchable sync site off, resp. every block at its slowest and
     every sync site on. Paths run in parallel and wait for each other where they join."""
     t_items, barrier = table["items"], float(table["barrier_us"])
+    overhead = float(table.get("run_us", 0.0))
     keyed = items(ir)
 
     def us(key: str) -> float:
@@ -157,7 +174,7 @@ def latency_range(ir: IR, table: dict[str, Any]) -> tuple[float, float]:
                 fixed += us(n.id) + barrier
             elif n.kind == "merge":
                 fixed += us(n.id) + barrier
-        out.append(max(t) + fixed)
+        out.append(max(t) + fixed + overhead)
     return out[0], out[1]
 
 
