@@ -29,8 +29,9 @@ passes it in):
   lanes, the final join) less one ``Identity`` segment.
 
 Every time is a median of :func:`parnasc.timing.median_per_call` samples. The version recorded
-in the table names this method (``METHOD``), the ONNX Runtime release and the native library
-build, so a table is re-measured when any of them changes.
+in the table names this method (``METHOD``), the ONNX Runtime release, the native library
+build and the number of allowed CPUs (with fewer CPUs than paths the lanes share CPUs), so a
+table is re-measured when any of them changes.
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ class NativeMeasurer:
         self._lib = lib
         self._cpu = allowed_cpus()[0]
         self.version = (
-            f"method {METHOD}; onnxruntime {ort.__version__}; {native.library_file().name}"
+            f"method {METHOD}; onnxruntime {ort.__version__}; {native.library_file().name}; "
+            f"{len(allowed_cpus())} cpus"
         )
         self._plans: dict[int, tuple[float, float]] = {}
 
