@@ -6,11 +6,12 @@ plain test accuracy (of the weights kept: the average where the recipe keeps one
 with flip test-time augmentation, and the training time.
 
     .venv/bin/python benchmarks/recipe_ablation.py [SPEC] [--epochs 8] [--threads 2]
-        [--init RUN/searched.pt] [--rows 0,1,...] [--data ../shared/datasets/cifar10-jpeg.tar.gz]
-        [--json OUT.json]
+        [--init RUN/searched.pt] [--rows 0,1,...] [--lr LR] [--wd WD]
+        [--data ../shared/datasets/cifar10-jpeg.tar.gz] [--json OUT.json]
 
 `--init` starts every row from the same searched weights (what `parnasc train` does) instead of
-the spec's seeded initialisation; `--rows` measures only those rows (0-based).
+the spec's seeded initialisation; `--rows` measures only those rows (0-based); `--lr` and `--wd`
+replace the spec's retraining learning rate and weight decay in every row.
 """
 
 from __future__ import annotations
@@ -57,14 +58,18 @@ def main() -> None:
     ap.add_argument("--data", default=ROOT.parent / "shared/datasets/cifar10-jpeg.tar.gz")
     ap.add_argument("--init", type=Path, help="searched weights to start from (RUN/searched.pt)")
     ap.add_argument("--rows", help="comma-separated row numbers to measure (default: all)")
+    ap.add_argument("--lr", type=float, help="the weights' learning rate (default: the spec's)")
+    ap.add_argument("--wd", type=float, help="the weights' weight decay (default: the spec's)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     spec, ir = compile_file(Path(a.spec))
+    changed = {k: v for k, v in (("lr", a.lr), ("wd", a.wd)) if v is not None}
+    weights = spec.search.weights.model_copy(update=changed)
     cifar = load_cifar10(a.data)
     print(
         f"{a.spec}: {a.epochs} epochs from {a.init or 'scratch'}, batch {spec.search.batch}, "
-        f"{spec.search.weights.name} lr {spec.search.weights.lr}, {a.threads} torch threads"
+        f"{weights.name} lr {weights.lr} wd {weights.wd}, {a.threads} torch threads"
     )
     print(f"default recipe: {TRAIN_RECIPES['default']}")
     rows = []
@@ -81,7 +86,7 @@ def main() -> None:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
             acc = retrain(
-                net, train, test, spec.search.weights, a.epochs, Path(out), spec.search.seed, {},
+                net, train, test, weights, a.epochs, Path(out), spec.search.seed, {},
                 recipe=recipe,
             )  # fmt: skip
         seconds = time.perf_counter() - t0
@@ -91,7 +96,8 @@ def main() -> None:
               flush=True)  # fmt: skip
     if a.json:
         init = None if a.init is None else str(a.init)
-        result = {"spec": str(a.spec), "epochs": a.epochs, "init": init, "rows": rows}
+        result = {"spec": str(a.spec), "epochs": a.epochs, "init": init,
+                  "weights": weights.model_dump(), "rows": rows}  # fmt: skip
         a.json.write_text(json.dumps(result, indent=1) + "\n")
 
 
