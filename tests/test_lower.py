@@ -357,6 +357,20 @@ def _step(net: Net, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return out.detach()
 
 
+def _spy_on_phase_gradients(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record, per call of `conv_grad.input_grad`, whether it took the gradient by phases."""
+    used: list[bool] = []
+    real = conv_grad.input_grad
+
+    def spy(*args: Any) -> torch.Tensor | None:
+        out = real(*args)
+        used.append(out is not None)
+        return out
+
+    monkeypatch.setattr(conv_grad, "input_grad", spy)
+    return used
+
+
 def _compare(fused: Net, plain: Net, x: torch.Tensor, tol: float) -> None:
     r = torch.randn(x.shape[0], 10, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
     r = r[:, : fused.head[-1].out_features]
@@ -430,15 +444,7 @@ def test_concrete_network_takes_only_phase_gradients(monkeypatch: pytest.MonkeyP
     _randomise(fused, seed=1)
     plain = copy.deepcopy(fused)
     plain.fused = False
-    used = []
-    real = conv_grad.input_grad
-
-    def spy(*args: Any) -> torch.Tensor | None:
-        out = real(*args)
-        used.append(out is not None)
-        return out
-
-    monkeypatch.setattr(conv_grad, "input_grad", spy)
+    used = _spy_on_phase_gradients(monkeypatch)
     fused.train()
     plain.train()
     _compare(fused, plain, _input(spec, seed=4), FUSED_TOL[torch.float32])
@@ -558,15 +564,7 @@ def test_fused_supernet_uses_phase_gradients(monkeypatch: pytest.MonkeyPatch) ->
     once, level 2 per candidate) take their gradient by phases; the float32 comparison with
     the plain forward (test_fused_forward_computes_the_plain_supernet) covers the result."""
     spec, fused, _ = _fused_pair("cifar", torch.float32)
-    used = []
-    real = conv_grad.input_grad
-
-    def spy(*args: Any) -> torch.Tensor | None:
-        out = real(*args)
-        used.append(out is not None)
-        return out
-
-    monkeypatch.setattr(conv_grad, "input_grad", spy)
+    used = _spy_on_phase_gradients(monkeypatch)
     fused.train()
     fused(_input(spec, seed=4)).sum().backward()
     assert used == [True] * 6  # 2 at level 1 (3x3, 5x5 of both paths), 4 at level 2
