@@ -16,7 +16,7 @@ noisy (OpenMP threads spin when they lose their core), so a second comparison ru
 thread timed by that thread's CPU clock, which they hardly disturb.
 
     .venv/bin/python benchmarks/bench_search.py [--batch 64] [--threads 2] [--mode alternate]
-        [--rounds 15] [--steps 3] [--contiguous] [--retain-memory] [--arch-grad-only]
+        [--rounds 15] [--steps 3] [--contiguous] [--retain-memory] [--arch-backward]
         [--no-search] [--no-cpu-check]
 """
 
@@ -155,13 +155,14 @@ def make_step(
     train: Batch,
     held_out: Batch,
     mode: str,
-    arch_grad_only: bool = False,
+    arch_grad_only: bool = True,
 ) -> Callable[[], None]:
     """One search step of `model` (generated Net or HandSupernet), as `parnasc.nas.search`
     runs it: in `alternate` mode an architecture step on `held_out`, then the weight step on
-    `train`; in `joint` mode both optimizers step on `train`. `arch_grad_only`: the
-    architecture step asks for the architecture's gradient alone (`torch.autograd.grad`)
-    instead of `backward()` over everything (what the search does now)."""
+    `train`; in `joint` mode both optimizers step on `train`. `arch_grad_only` (what the
+    search does): the architecture step asks for the architecture's gradient alone
+    (`torch.autograd.grad`); else `backward()` over everything, the weights' gradients then
+    discarded."""
     weights = model.weight_parameters()  # type: ignore[operator]
     w_opt = torch.optim.SGD(weights, lr=0.05, momentum=0.9, weight_decay=3e-4, nesterov=True)
     arch = list(model.arch.parameters()) if isinstance(model, Net) else model.arch_parameters()  # type: ignore[operator]
@@ -269,7 +270,7 @@ def compare(
     g = torch.Generator().manual_seed(1)
     data[True] = (batch(g, args.batch, True), batch(g, args.batch, True))
     steps = {
-        name: make_step(m, costs, *data[name.endswith("-nchw")], args.mode, args.arch_grad_only)
+        name: make_step(m, costs, *data[name.endswith("-nchw")], args.mode, not args.arch_backward)
         for name, m in models(ir, args.contiguous).items()
     }
     images = args.batch * (2 if args.mode == "alternate" else 1)
@@ -376,9 +377,9 @@ def main() -> None:
         help="keep freed memory in the process (glibc mallopt), see retain_freed_memory",
     )
     ap.add_argument(
-        "--arch-grad-only",
+        "--arch-backward",
         action="store_true",
-        help="architecture steps compute the architecture's gradient alone (not the search's way)",
+        help="architecture steps call backward() over everything (not the search's way)",
     )
     ap.add_argument("--no-search", action="store_true", help="skip the peak-memory search")
     ap.add_argument(

@@ -348,7 +348,11 @@ def _epoch(
                 loss, _ = total_loss(
                     net(xv), yv, net.probabilities(), costs, settings.alpha, settings.beta
                 )
-                loss.backward()
+                # The architecture's gradient alone: the weights' would be discarded unused.
+                arch = list(net.arch.parameters())
+                grads = torch.autograd.grad(loss, arch, allow_unused=True)
+                for p, g in zip(arch, grads, strict=True):
+                    p.grad = g
             ranks.average_gradients(net.arch.parameters(), len(yv))
             agreement.add(net)
             a_opt.step()
