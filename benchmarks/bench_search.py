@@ -66,7 +66,7 @@ class HandSupernet(nn.Module):
     weights (equations 1-2), a searchable concat + 1x1 sync after each level (equation 3),
     concat merge, GAP, FC-ReLU, dropout, FC."""
 
-    LEVELS = ((8, 8, 1), (8, 16, 2), (16, 32, 2), (32, 64, 2))  # (in, out, stride)
+    LEVELS = ((8, 8, 1), (8, 16, 2), (16, 32, 2), (32, 64, 1))  # (in, out, stride)
 
     def __init__(self, paths: int = 2) -> None:
         super().__init__()

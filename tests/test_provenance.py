@@ -176,14 +176,15 @@ def test_a_supernet_is_not_derived() -> None:
 
 @pytest.mark.parametrize("recorded", RECORDED, ids=lambda p: p.parent.name)
 def test_recorded_runs_are_architectures_of_the_cifar_supernet(recorded: Path) -> None:
-    """Members of specs/cifar.pnas's space; derived from it as it is now while its hash is the
-    one they record (a later edit of the supernet is what the hash check is for)."""
+    """Runs derived from specs/cifar.pnas as it is now are members of its space; a run of an
+    earlier version is reported by the hash check first (what the hash check is for)."""
     found = problems(recorded, ROOT / "specs/cifar.pnas")
     header = next(ln for ln in recorded.read_text().splitlines() if "source spec sha256" in ln)
     if header.endswith(compile_file(ROOT / "specs/cifar.pnas")[0].spec_hash):
         assert found == []
     else:
-        assert len(found) == 1 and "derived from a spec with sha256 " in found[0]
+        # the hash check reports the edit first; what else differs depends on the edit
+        assert found and "derived from a spec with sha256 " in found[0]
 
 
 def test_cli(derived: Path, run_cli: RunCli, tmp_path: Path) -> None:
