@@ -20,7 +20,7 @@ equation 12, backward, both optimizers; random channels_last inputs; median of 1
 5): 2 threads on the whole batch, 1 thread on half of it, and two such 1-thread processes side
 by side, which is the ceiling of the data-parallel speed-up before any communication.
 
-Run it with the machine quiet (`/work/tools/quiet.sh`): other processes on 2 cores distort both.
+Run it with nothing else running: other processes on 2 cores distort both.
 """
 
 from __future__ import annotations
