@@ -101,6 +101,7 @@ class _SearchJob:
     test_images: int | None
     threads: int | None
     device: str  # resolved: `cpu`, `cuda:N`
+    precision: str  # resolved: `fp32` or `bf16`
 
 
 def search(
@@ -125,6 +126,7 @@ def search(
     tau: float | None = None,
     tau_end: float | None = None,
     device: str | None = None,
+    precision: str | None = None,
     progress: Report | None = None,
     log: Log | None = None,
 ) -> SearchResult:
@@ -138,13 +140,15 @@ def search(
     `train_images` / `test_images` take class-balanced subsets. `threads` are torch's
     intra-op threads for the call (default: all cores), restored after. `device` is where
     the supernet trains: `cpu`, `cuda` or `cuda:N` (default: CUDA if available, else the
-    CPU); the files hold CPU tensors. A `run_dir` that holds a run already is refused.
+    CPU); the files hold CPU tensors. `precision` is the training steps' arithmetic: `fp32`,
+    `bf16` (mixed precision) or `auto` (bf16 where the device computes it natively; the
+    default; `parnasc.nas.precision`). A `run_dir` that holds a run already is refused.
 
     `resume=True` continues `run_dir` with its recorded spec, data and settings (`spec` and
     `data` may name the same ones where they are now); an option given must equal the
-    recorded value, except `epochs`, which may extend the run, and `threads` and `device`,
-    which change only speed (and floats in the last bits). A resume of a complete run
-    returns its recorded result with `up_to_date=True` and changes nothing.
+    recorded value, except `epochs`, which may extend the run, and `threads`, `device` and
+    `precision` (default: the recorded one), which change speed and float results. A resume
+    of a complete run returns its recorded result with `up_to_date=True` and changes nothing.
 
     Under torchrun, or in a process group the caller started, the search is data-parallel
     (`parnasc.nas.dist`: each rank a share of every batch, rank 0 writes; `threads` per
@@ -166,6 +170,7 @@ def search(
     )
     options.check()
     dev = _device(device)
+    _precision(precision, dev)  # a bad word fails before anything is read
     run = Path(run_dir)
     source = None if data is None else Path(data)
     with _ranks(dev) as ranks:
@@ -174,12 +179,14 @@ def search(
         with ranks.together():  # every check on every rank before any rank writes
             if resume:
                 job = _resumed_search(
-                    run, spec, options, source, test_images, threads, dev, ranks.world
+                    run, spec, options, source, test_images, threads, dev, ranks.world, precision
                 )
             elif spec is None:
                 raise OptionError("no spec given; a new search needs one")
             else:
-                job = _new_search(run, _compiled(spec), options, source, test_images, threads, dev)
+                job = _new_search(
+                    run, _compiled(spec), options, source, test_images, threads, dev, precision
+                )
             inputs = None if job is None else _search_data(job, ranks, log)
         if job is None or inputs is None:
             return SearchResult.read(run, up_to_date=True)
@@ -193,6 +200,14 @@ def _device(name: str | None) -> str:
     from parnasc.nas.dist import device_name
 
     return str(resolve_device(device_name(name)))
+
+
+def _precision(name: str | None, device: str, recorded: str | None = None) -> str:
+    """The resolved `--precision` (`parnasc.nas.precision.resolve_precision`) on `device`;
+    None takes `recorded` (a resume's) where there is one, else `auto`."""
+    from parnasc.nas.precision import resolve_precision
+
+    return resolve_precision(name or recorded, device)
 
 
 @contextmanager
@@ -233,6 +248,7 @@ def _new_search(
     test_images: int | None,
     threads: int | None,
     device: str,
+    precision: str | None,
 ) -> _SearchJob:
     s = compiled.spec
     n_cores = options.cores or s.target.cores or len(allowed_cpus())
@@ -251,6 +267,7 @@ def _new_search(
         test_images=test_images,
         threads=threads,
         device=device,
+        precision=_precision(precision, device),
     )
 
 
@@ -263,6 +280,7 @@ def _resumed_search(
     threads: int | None,
     device: str,
     processes: int = 1,
+    precision: str | None = None,
 ) -> _SearchJob | None:
     """The job of a resumed search, or None when the run is complete already; the recorded
     thread count is the default when it ran on `processes` processes, as now."""
@@ -293,6 +311,7 @@ def _resumed_search(
         test_images=record.data.test_images if record.data else test_images,
         threads=threads or (record.threads if record.processes == processes else None),
         device=device,
+        precision=_precision(precision, device, record.precision),
     )
 
 
@@ -361,6 +380,7 @@ def _run_search(
             spec_path=job.compiled.where,
             device=job.device,
             ranks=ranks,
+            precision=job.precision,
         )
 
 
@@ -448,6 +468,7 @@ class _TrainJob:
     threads: int | None
     recipe: str
     device: str  # resolved: `cpu`, `cuda:N`
+    precision: str  # resolved: `fp32` or `bf16`
 
 
 def retrain(
@@ -463,6 +484,7 @@ def retrain(
     resume: bool = False,
     recipe: str | None = None,
     device: str | None = None,
+    precision: str | None = None,
     progress: Report | None = None,
     log: Log | None = None,
 ) -> TrainResult:
@@ -473,20 +495,22 @@ def retrain(
     and last model.pt. `recipe` is the training recipe (`default`: the best measured;
     `paper`: the paper's SGD at lr 0.0001, constant, no augmentation). `device`: `cpu`,
     `cuda` or `cuda:N` (default: CUDA if available, else the CPU); model.pt holds CPU
-    tensors. `resume=True` continues the training there with its recorded data and settings
-    (`epochs` may extend it; `threads` and `device` may change); a complete one returns
+    tensors. `precision`: the training steps' arithmetic, as for `search`. `resume=True`
+    continues the training there with its recorded data and settings (`epochs` may extend it;
+    `threads`, `device` and `precision` may change); a complete one returns
     `up_to_date=True`. Under torchrun (or in the caller's process group) it is data-parallel
     like `search`."""
     if recipe is not None and recipe not in RECIPES:
         raise OptionError(f"--recipe {recipe}: expected one of {', '.join(RECIPES)}")
     dev = _device(device)
+    _precision(precision, dev)  # a bad word fails before anything is read
     with _ranks(dev) as ranks:
         if not ranks.main:
             progress = log = None
         with ranks.together():  # every check on every rank before any rank writes
             job = _train_job(
                 spec, data, out_dir, epochs, from_scratch, train_images, test_images, threads,
-                resume, recipe, dev, ranks.world,
+                resume, recipe, dev, ranks.world, precision,
             )  # fmt: skip
             inputs = None if isinstance(job, TrainResult) else _training_data(job, ranks, log)
         if isinstance(job, TrainResult) or inputs is None:
@@ -508,6 +532,7 @@ def _train_job(
     recipe: str | None,
     dev: str,
     processes: int,
+    precision: str | None = None,
 ) -> _TrainJob | TrainResult:
     """The job of a retraining (`retrain`'s arguments checked), or the result of a complete
     one; the recorded thread count is the default when it ran on `processes` processes."""
@@ -544,6 +569,7 @@ def _train_job(
             threads=threads,
             recipe=recipe or "default",
             device=dev,
+            precision=_precision(precision, dev),
         )
         return job
     what = f"training {out}"
@@ -573,6 +599,7 @@ def _train_job(
         threads=threads or (record.threads if record.processes == processes else None),
         recipe=record.recipe,
         device=dev,
+        precision=_precision(precision, dev, record.precision),
     )
     return job
 
@@ -655,6 +682,7 @@ def _run_training(
             recipe=cast(Literal["default", "paper"], job.recipe),  # checked by retrain()
             device=job.device,
             processes=ranks.world,
+            precision=cast(Literal["fp32", "bf16"], job.precision),  # resolved by _precision
         )
         meta = {
             "spec": str(job.compiled.where),
@@ -678,6 +706,7 @@ def _run_training(
             how,
             job.device,
             ranks,
+            job.precision,
         )
     return TrainResult(out, acc.plain, job.epochs, acc.flip)
 

@@ -46,6 +46,14 @@ DeviceOpt = Annotated[
     str | None,
     typer.Option("--device", help="cpu, cuda or cuda:N [cuda if available, else cpu]"),
 ]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="training steps' arithmetic: fp32, bf16 (mixed) or auto [auto: bf16 where the "
+        "device has it natively; a resume: the recorded one]",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -380,6 +388,7 @@ def search_cmd(
     test_images: TestImagesOpt = None,
     threads: ThreadsOpt = None,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="run directory [runs/<model>-s<seed>]")
     ] = None,
@@ -421,7 +430,7 @@ def search_cmd(
             recipe=recipe, alpha=alpha, beta=beta, cost=cost, mode=mode, epochs=epochs,
             warmup=warmup, batch=batch, seed=seed, train_images=train_images,
             test_images=test_images, threads=threads, tau=tau, tau_end=tau_end, device=device,
-            progress=live, log=_err,
+            precision=precision, progress=live, log=_err,
         )  # fmt: skip
     if not _main_rank():
         return
@@ -457,6 +466,7 @@ def train_cmd(
     test_images: TestImagesOpt = None,
     threads: ThreadsOpt = None,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     recipe: Annotated[
         str | None,
         typer.Option("--recipe", help="training recipe: default or paper [default]"),
@@ -484,7 +494,7 @@ def train_cmd(
         result = api.retrain(
             spec, data=data, out_dir=out, epochs=epochs, from_scratch=from_scratch,
             train_images=train_images, test_images=test_images, threads=threads, resume=resume,
-            recipe=recipe, device=device, progress=live, log=_err,
+            recipe=recipe, device=device, precision=precision, progress=live, log=_err,
         )  # fmt: skip
     if not _main_rank():
         return

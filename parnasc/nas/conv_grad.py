@@ -130,10 +130,12 @@ class _InputGrad(torch.autograd.Function):
 
 def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether `conv2d(x, w, ...)` would compute x's gradient by phases: a narrow float32
-    channels_last input on the CPU that needs a gradient, a kernel larger than 1x1."""
+    channels_last input on the CPU that needs a gradient, a kernel larger than 1x1, outside
+    autocast (whose bfloat16 convolutions have no such plan)."""
     return (
         x.dtype == torch.float32
         and x.device.type == "cpu"
+        and not torch.is_autocast_enabled("cpu")
         and x.dim() == 4
         and w.shape[1] <= MAX_CHANNELS
         and (w.shape[2], w.shape[3]) != (1, 1)

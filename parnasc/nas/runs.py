@@ -112,6 +112,7 @@ class RunRecord(BaseModel):
     threads: int = Field(ge=1)  # the default of a resume (thread counts change float sums)
     device: str | None = None  # where it last ran (information: a resume may use another)
     processes: int = Field(default=1, ge=1)  # data-parallel ranks it last ran on (likewise)
+    precision: Literal["fp32", "bf16"] = "fp32"  # the steps' arithmetic: a resume's default
 
     def run_settings(self) -> Settings:
         return Settings(**self.settings.model_dump())
@@ -134,6 +135,7 @@ class TrainRecord(BaseModel):
     recipe: Literal["default", "paper"] = "default"  # the training recipe
     device: str | None = None  # where it last ran (information: a resume may use another)
     processes: int = Field(default=1, ge=1)  # data-parallel ranks it last ran on (likewise)
+    precision: Literal["fp32", "bf16"] = "fp32"  # the steps' arithmetic: a resume's default
 
     def identity(self) -> dict[str, Any]:
         """Which training (and how long) a `model.pt` is the result of: a model left by an

@@ -28,6 +28,7 @@ from parnasc.nas.device import resolve_device
 from parnasc.nas.dist import SOLO, Ranks
 from parnasc.nas.loss import CostModel, flops_costs, total_loss
 from parnasc.nas.lower import Net, arch_choices, lower
+from parnasc.nas.precision import autocast
 from parnasc.nas.recipes import Settings, recipe
 from parnasc.nas.runs import RECORD_FORMAT, DataRecord, SearchResult
 from parnasc.nas.train import (
@@ -147,6 +148,7 @@ def search(
     spec_path: Path | None = None,
     device: torch.device | str | None = None,
     ranks: Ranks = SOLO,
+    precision: str = "fp32",
 ) -> SearchResult:
     """Search the supernet `ir` with the loaders `train` and `val` (`parnasc.data.cifar.Loader`
     or anything with `set_epoch`, `len` and batches), writing the run directory `run_dir`.
@@ -159,7 +161,8 @@ def search(
     `data` is recorded in settings.json (None: the caller's own loaders); `spec_path` is where
     the spec's file is now (default: `spec.file`). `costs` defaults to the flops cost model.
     The supernet, its optimizers' states, the cost model and the batches live on `device`
-    (default: the CPU; recorded in settings.json); the files hold CPU tensors.
+    (default: the CPU; recorded in settings.json); the files hold CPU tensors. `precision`
+    (`fp32` or `bf16`, `parnasc.nas.precision`) is the arithmetic of the training steps.
 
     With `ranks` (data-parallel, `parnasc.nas.dist`), `train` and `val` yield this rank's
     shares of every batch; gradients, batch-norm statistics and metrics are reduced over the
@@ -200,7 +203,9 @@ def search(
         "spec_hash": spec.spec_hash,
         "settings": json.dumps(asdict(settings), sort_keys=True),
     }
-    record = _run_record(spec, settings, data, Path(spec_path or spec.file), dev, ranks.world)
+    record = _run_record(
+        spec, settings, data, Path(spec_path or spec.file), dev, ranks.world, precision
+    )
     if main:
         atomic_text(run_dir / "settings.json", json.dumps(record, indent=1) + "\n")
     if report:
@@ -209,7 +214,7 @@ def search(
     for epoch in range(start + 1, settings.epochs + 1):
         t0 = time.perf_counter()
         phase, means, agree = _epoch(
-            net, w_opt, a_opt, train, val, costs, settings, epoch, report, dev, ranks
+            net, w_opt, a_opt, train, val, costs, settings, epoch, report, dev, ranks, precision
         )
         net.temperature = _temperature_after(settings, epoch)
         ranks.average_buffers(net)
@@ -258,6 +263,7 @@ def _run_record(
     spec_file: Path,
     device: torch.device,
     processes: int,
+    precision: str,
 ) -> dict[str, Any]:
     """The content of settings.json (`parnasc.nas.runs.RunRecord`)."""
     return {
@@ -271,6 +277,7 @@ def _run_record(
         "threads": torch.get_num_threads(),
         "device": str(device),
         "processes": processes,
+        "precision": precision,
     }
 
 
@@ -319,11 +326,12 @@ def _epoch(
     report: Report | None,
     device: torch.device,
     ranks: Ranks,
+    precision: str,
 ) -> tuple[str, dict[str, float], dict[str, float]]:
     """One epoch of weight steps (and architecture steps after the warm-up), the batches moved
-    to `device`, the gradients averaged over `ranks`; returns its phase (`warmup` or
-    `search`), the means of its batches over the ranks and the gradient agreement of every
-    decision (`GradientAgreement`; empty in a warm-up epoch)."""
+    to `device`, the forward passes in `precision`, the gradients averaged over `ranks`;
+    returns its phase (`warmup` or `search`), the means of its batches over the ranks and the
+    gradient agreement of every decision (`GradientAgreement`; empty in a warm-up epoch)."""
     epoch_seed(settings.seed, epoch)
     train.set_epoch(epoch)
     val.set_epoch(epoch)
@@ -345,8 +353,10 @@ def _epoch(
             a_opt.zero_grad(set_to_none=True)
             if len(yv):  # a share of a held-out batch smaller than the ranks may be empty
                 xv, yv = to_device(xv, yv, device)
+                with autocast(precision, device):
+                    logits_v = net(xv)
                 loss, _ = total_loss(
-                    net(xv), yv, net.probabilities(), costs, settings.alpha, settings.beta
+                    logits_v.float(), yv, net.probabilities(), costs, settings.alpha, settings.beta
                 )
                 # The architecture's gradient alone: the weights' would be discarded unused.
                 arch = list(net.arch.parameters())
@@ -356,7 +366,8 @@ def _epoch(
             ranks.average_gradients(net.arch.parameters(), len(yv))
             agreement.add(net)
             a_opt.step()
-        logits = net(x)
+        with autocast(precision, device):
+            logits = net(x).float()
         probs = net.probabilities()
         loss, parts = total_loss(logits, y, probs, costs, settings.alpha, settings.beta)
         w_opt.zero_grad(set_to_none=True)

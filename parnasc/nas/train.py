@@ -26,6 +26,7 @@ from parnasc.lang.spec import OptimSpec, Spec
 from parnasc.nas.device import module_device, on_cpu, resolve_device
 from parnasc.nas.dist import SOLO, Ranks
 from parnasc.nas.lower import Net, lower
+from parnasc.nas.precision import autocast
 from parnasc.nas.recipes import TRAIN_RECIPES, Recipe
 from parnasc.nas.runs import TrainRecord, one_line
 from parnasc.version import __version__
@@ -320,6 +321,7 @@ def retrain(
     recipe: Recipe = TRAIN_RECIPES["default"],
     device: torch.device | str | None = None,
     ranks: Ranks = SOLO,
+    precision: str = "fp32",
 ) -> Accuracy:
     """Train a concrete network for `epochs` with `recipe` (its optimizer when it names one,
     else `optim`), checkpointing every epoch; returns the test accuracy of the network kept
@@ -331,7 +333,8 @@ def retrain(
     to `device` (default: the CPU) with its optimizer state, weight average and batches;
     the files hold CPU tensors. With `ranks` (data-parallel, `parnasc.nas.dist`) the loaders
     yield this rank's shares, gradients and metrics are reduced over the ranks, and rank 0
-    alone writes files."""
+    alone writes files. `precision` (`fp32` or `bf16`, `parnasc.nas.precision`) is the
+    arithmetic of the training steps; the evaluations are in float32."""
     dev = resolve_device(device) if device is not None else torch.device("cpu")
     net.to(dev)
     ck_path = out_dir / "train_checkpoint.pt"
@@ -373,7 +376,8 @@ def retrain(
         for i, (x, y) in enumerate(train):
             set_lr(opt, recipe.schedule, optim.lr, (epoch - 1) * len(train) + i, total)
             x, y = to_device(x, y, dev)
-            logits = net(x)
+            with autocast(precision, dev):
+                logits = net(x).float()
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
