@@ -17,7 +17,7 @@ thread timed by that thread's CPU clock, which they hardly disturb.
 
     .venv/bin/python benchmarks/bench_search.py [--batch 64] [--threads 2] [--mode alternate]
         [--rounds 15] [--steps 3] [--contiguous] [--retain-memory] [--arch-backward]
-        [--no-search] [--no-cpu-check]
+        [--precision fp32|bf16] [--no-search] [--no-cpu-check]
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from parnasc.ir.frontend import compile_file  # noqa: E402
 from parnasc.ir.graph import IR  # noqa: E402
 from parnasc.nas.loss import CostModel, flops_costs, total_loss  # noqa: E402
 from parnasc.nas.lower import Net, lower  # noqa: E402
+from parnasc.nas.precision import autocast  # noqa: E402
 
 SPEC = ROOT / "specs/cifar.pnas"
 ALPHA, BETA = 0.28, 0.01
@@ -156,13 +157,15 @@ def make_step(
     held_out: Batch,
     mode: str,
     arch_grad_only: bool = True,
+    precision: str = "fp32",
 ) -> Callable[[], None]:
     """One search step of `model` (generated Net or HandSupernet), as `parnasc.nas.search`
     runs it: in `alternate` mode an architecture step on `held_out`, then the weight step on
     `train`; in `joint` mode both optimizers step on `train`. `arch_grad_only` (what the
     search does): the architecture step asks for the architecture's gradient alone
     (`torch.autograd.grad`); else `backward()` over everything, the weights' gradients then
-    discarded."""
+    discarded. `precision`: the forward passes in `fp32`, or under bf16 autocast as
+    `parnasc search --precision bf16` runs them (`parnasc.nas.precision`)."""
     weights = model.weight_parameters()  # type: ignore[operator]
     w_opt = torch.optim.SGD(weights, lr=0.05, momentum=0.9, weight_decay=3e-4, nesterov=True)
     arch = list(model.arch.parameters()) if isinstance(model, Net) else model.arch_parameters()  # type: ignore[operator]
@@ -170,7 +173,8 @@ def make_step(
     model.train()
 
     def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = model(x)
+        with autocast(precision, torch.device("cpu")):
+            logits = model(x).float()
         if isinstance(model, Net):
             return total_loss(logits, y, model.probabilities(), costs, ALPHA, BETA)[0]
         return ALPHA * F.cross_entropy(logits, y) + BETA * model.cost_terms(costs)  # type: ignore[operator]
@@ -270,7 +274,14 @@ def compare(
     g = torch.Generator().manual_seed(1)
     data[True] = (batch(g, args.batch, True), batch(g, args.batch, True))
     steps = {
-        name: make_step(m, costs, *data[name.endswith("-nchw")], args.mode, not args.arch_backward)
+        name: make_step(
+            m,
+            costs,
+            *data[name.endswith("-nchw")],
+            args.mode,
+            not args.arch_backward,
+            args.precision,
+        )
         for name, m in models(ir, args.contiguous).items()
     }
     images = args.batch * (2 if args.mode == "alternate" else 1)
@@ -381,6 +392,12 @@ def main() -> None:
         action="store_true",
         help="architecture steps call backward() over everything (not the search's way)",
     )
+    ap.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="every module's forward passes in float32 or under bf16 autocast",
+    )
     ap.add_argument("--no-search", action="store_true", help="skip the peak-memory search")
     ap.add_argument(
         "--no-cpu-check", action="store_true", help="skip the 1-thread CPU-time comparison"
@@ -412,8 +429,8 @@ def main() -> None:
         clock = "CPU time of the thread" if cpu else "wall clock"
         print(
             f"supernet training throughput, {images} images/s, --mode {args.mode}, batch "
-            f"{args.batch}, {threads} thread(s), {clock}, {args.rounds} rounds x {args.steps} "
-            "steps:"
+            f"{args.batch}, {threads} thread(s), {clock}, {args.precision}, {args.rounds} rounds "
+            f"x {args.steps} steps:"
         )
         report(rates)
     if not args.no_search:

@@ -3,7 +3,8 @@
 # on all 50,000 training images (the search holds 10,000 out) and the 10,000 test images, with
 # 2 torch threads. Writes benchmarks/results/<name>/: result.json (test accuracy plain and with
 # flip TTA, search and retraining seconds, derived FLOPs and parameters, every setting) and the
-# run's settings, metrics, architecture log and derived spec.
+# run's settings, metrics, architecture log and derived spec. The precision of each phase is
+# in result.json (`search_precision`, `train_settings.precision`).
 # Usage: bash benchmarks/full_cifar.sh [NAME] [extra search options...]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -58,6 +59,7 @@ result = {
     "choices": search["choices"],
     "probabilities": search["probabilities"],
     "search_settings": json.loads((run / "settings.json").read_text())["settings"],
+    "search_precision": json.loads((run / "settings.json").read_text()).get("precision"),
     "train_settings": json.loads((run / "train_settings.json").read_text()),
     "machine": {"cpus": torch.get_num_threads(), "python": platform.python_version(),
                 "torch": torch.__version__},
