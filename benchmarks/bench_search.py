@@ -45,7 +45,7 @@ from parnasc.ir.frontend import compile_file  # noqa: E402
 from parnasc.ir.graph import IR  # noqa: E402
 from parnasc.nas.loss import CostModel, flops_costs, total_loss  # noqa: E402
 from parnasc.nas.lower import Net, lower  # noqa: E402
-from parnasc.nas.precision import autocast  # noqa: E402
+from parnasc.nas.precision import forward  # noqa: E402
 
 SPEC = ROOT / "specs/cifar.pnas"
 ALPHA, BETA = 0.28, 0.01
@@ -173,8 +173,7 @@ def make_step(
     model.train()
 
     def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with autocast(precision, torch.device("cpu")):
-            logits = model(x).float()
+        logits = forward(model, x, precision)
         if isinstance(model, Net):
             return total_loss(logits, y, model.probabilities(), costs, ALPHA, BETA)[0]
         return ALPHA * F.cross_entropy(logits, y) + BETA * model.cost_terms(costs)  # type: ignore[operator]

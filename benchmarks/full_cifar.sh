@@ -43,6 +43,7 @@ t0, t1, t2 = map(float, sys.argv[3:6])
 meta = torch.load(run / "model.pt", weights_only=True)["meta"]
 search = json.loads((run / "result.json").read_text())
 _, ir = compile_file(run / "derived.pnas")
+record = json.loads((run / "settings.json").read_text())
 result = {
     "parnasc": __version__,
     "spec": "specs/cifar.pnas",
@@ -58,8 +59,8 @@ result = {
     "derived_params": params_range(ir)[0],
     "choices": search["choices"],
     "probabilities": search["probabilities"],
-    "search_settings": json.loads((run / "settings.json").read_text())["settings"],
-    "search_precision": json.loads((run / "settings.json").read_text()).get("precision"),
+    "search_settings": record["settings"],
+    "search_precision": record.get("precision"),
     "train_settings": json.loads((run / "train_settings.json").read_text()),
     "machine": {"cpus": torch.get_num_threads(), "python": platform.python_version(),
                 "torch": torch.__version__},

@@ -10,6 +10,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
+from torch import nn
 
 from parnasc.errors import OptionError
 
@@ -43,4 +44,11 @@ def autocast(precision: str, device: torch.device) -> AbstractContextManager[obj
     return nullcontext()
 
 
-__all__ = ["PRECISIONS", "autocast", "native_bf16", "resolve_precision"]
+def forward(net: nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
+    """`net(x)` for a training step: in `precision` on x's device, the logits as float32
+    (what the losses take)."""
+    with autocast(precision, x.device):
+        return net(x).float()
+
+
+__all__ = ["PRECISIONS", "autocast", "forward", "native_bf16", "resolve_precision"]

@@ -28,7 +28,7 @@ from parnasc.nas.device import resolve_device
 from parnasc.nas.dist import SOLO, Ranks
 from parnasc.nas.loss import CostModel, flops_costs, total_loss
 from parnasc.nas.lower import Net, arch_choices, lower
-from parnasc.nas.precision import autocast
+from parnasc.nas.precision import forward
 from parnasc.nas.recipes import Settings, recipe
 from parnasc.nas.runs import RECORD_FORMAT, DataRecord, SearchResult
 from parnasc.nas.train import (
@@ -353,10 +353,13 @@ def _epoch(
             a_opt.zero_grad(set_to_none=True)
             if len(yv):  # a share of a held-out batch smaller than the ranks may be empty
                 xv, yv = to_device(xv, yv, device)
-                with autocast(precision, device):
-                    logits_v = net(xv)
                 loss, _ = total_loss(
-                    logits_v.float(), yv, net.probabilities(), costs, settings.alpha, settings.beta
+                    forward(net, xv, precision),
+                    yv,
+                    net.probabilities(),
+                    costs,
+                    settings.alpha,
+                    settings.beta,
                 )
                 # The architecture's gradient alone: the weights' would be discarded unused.
                 arch = list(net.arch.parameters())
@@ -366,8 +369,7 @@ def _epoch(
             ranks.average_gradients(net.arch.parameters(), len(yv))
             agreement.add(net)
             a_opt.step()
-        with autocast(precision, device):
-            logits = net(x).float()
+        logits = forward(net, x, precision)
         probs = net.probabilities()
         loss, parts = total_loss(logits, y, probs, costs, settings.alpha, settings.beta)
         w_opt.zero_grad(set_to_none=True)

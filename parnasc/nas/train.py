@@ -26,7 +26,7 @@ from parnasc.lang.spec import OptimSpec, Spec
 from parnasc.nas.device import module_device, on_cpu, resolve_device
 from parnasc.nas.dist import SOLO, Ranks
 from parnasc.nas.lower import Net, lower
-from parnasc.nas.precision import autocast
+from parnasc.nas.precision import forward
 from parnasc.nas.recipes import TRAIN_RECIPES, Recipe
 from parnasc.nas.runs import TrainRecord, one_line
 from parnasc.version import __version__
@@ -376,8 +376,7 @@ def retrain(
         for i, (x, y) in enumerate(train):
             set_lr(opt, recipe.schedule, optim.lr, (epoch - 1) * len(train) + i, total)
             x, y = to_device(x, y, dev)
-            with autocast(precision, dev):
-                logits = net(x).float()
+            logits = forward(net, x, precision)
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
