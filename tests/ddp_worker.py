@@ -1,6 +1,7 @@
 """One rank of a data-parallel test run (tests/test_ddp.py starts one process per rank, with
 torchrun's variables set): calls `parnasc.api.search` or `parnasc.api.retrain` as torchrun'd
-`parnasc` would, recording what this rank wrote and its final networks.
+`parnasc` would, recording what this rank wrote, its final networks and the threads of a
+process group still running when the call has returned.
 
 Usage: python ddp_worker.py CONFIG.json; CONFIG holds `call` ("search" or "train"), `kwargs`
 for the API call, `report` (where this rank writes RANK.json and RANK.pt) and optionally
@@ -82,6 +83,11 @@ def main() -> None:
     except KeyboardInterrupt:
         out["interrupted"] = True
     out["written"] = written
+    # the threads of a process group still alive now (gloo's, the TCP store's): none once the
+    # run's group is destroyed (Linux names them in /proc)
+    tasks = Path("/proc/self/task")
+    names = [(t / "comm").read_text().strip() for t in tasks.iterdir()] if tasks.is_dir() else []
+    out["group_threads"] = [n for n in names if "gloo" in n or "tcpstore" in n]
     torch.save([n.state_dict() for n in nets], report / f"{rank}.pt")
     (report / f"{rank}.json").write_text(json.dumps(out))
 

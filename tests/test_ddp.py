@@ -130,6 +130,8 @@ def test_ranks_end_identical_and_rank_0_alone_writes(runs: Runs) -> None:
     assert r1["written"] == []
     assert set(r0["written"]) >= set(SEARCH_OUTPUTS)
     assert r0["threads"] == r1["threads"] == 1
+    # the process group is freed when the run ends, so no thread of it races the exit
+    assert r0["group_threads"] == r1["group_threads"] == []
     run = runs.root / "A"
     assert set(SEARCH_OUTPUTS) <= {p.name for p in run.iterdir()}
     record = json.loads((run / "settings.json").read_text())
@@ -146,6 +148,7 @@ def test_ranks_end_identical_and_rank_0_alone_writes(runs: Runs) -> None:
 def test_torchrun_resumes_an_interrupted_run_to_the_uninterrupted_one(runs: Runs) -> None:
     assert all(rep.get("interrupted") for rep in runs.c_stop)
     assert runs.c_stop[1]["written"] == []
+    assert all(rep["group_threads"] == [] for rep in runs.c_stop)  # freed on the way out too
     run = runs.root / "C"
     assert (run / "checkpoint.pt").is_file() and not (run / "result.json").exists()
     env = {k: v for k, v in os.environ.items() if k != "PARNASC_DEBUG"}
@@ -220,6 +223,7 @@ def test_two_rank_retraining_identical_and_written_once(runs: Runs) -> None:
     assert t0["test_acc"] == t1["test_acc"]
     _same_nets(t0["nets"], t1["nets"])
     assert t1["written"] == []
+    assert t0["group_threads"] == t1["group_threads"] == []
     assert {"train_settings.json", "train_checkpoint.pt", "model.pt"} <= set(t0["written"])
     record = json.loads((runs.root / "T" / "train_settings.json").read_text())
     assert record["processes"] == 2

@@ -289,6 +289,11 @@ def ranks_for(device: torch.device) -> Iterator[Ranks]:
         return
     if not dist.is_available():
         raise OptionError("torchrun: this build of torch has no torch.distributed")
+    # torch's first optimizer imports torch._dynamo, which keeps references to the default
+    # process group when one exists by then: destroy_process_group could not free it, and its
+    # gloo threads would outlive the run and race the interpreter's exit (an abort now and then)
+    import torch._dynamo
+
     if device.type == "cuda":
         if not dist.is_nccl_available():
             raise OptionError(f"--device {device}: this build of torch has no NCCL")
