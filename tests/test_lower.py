@@ -451,6 +451,31 @@ def test_concrete_network_takes_only_phase_gradients(monkeypatch: pytest.MonkeyP
     assert used == [True] * 4  # levels 1 and 2 of both paths (8-channel inputs)
 
 
+@pytest.mark.parametrize("searched", [True, False], ids=["supernet", "concrete"])
+def test_the_paths_get_their_gradient_in_channels_last(searched: bool) -> None:
+    """The gradient that global average pooling sends back (contiguous where the pooling
+    expands it) reaches the merge, and so the last level, in the paths' channels_last layout;
+    the plain forward (`fused = False`) gets it as torch gives it."""
+    spec, ir = _cifar()
+    if not searched:
+        ir = prune(ir, {k: v[0] for k, v in arch_choices(ir).items()})
+    net = lower(ir)
+    net.train()
+    seen: list[torch.Tensor] = []
+
+    def spy(module: nn.Module, inputs: Any, out: torch.Tensor) -> None:
+        out.register_hook(seen.append)
+
+    net.merge.register_forward_hook(spy)
+    cl = torch.channels_last
+    for fused in (True, False):
+        net.fused = fused
+        net(_input(spec, seed=4)).sum().backward()
+        assert seen[-1].dim() == 4
+        assert seen[-1].is_contiguous(memory_format=cl) is fused
+        assert seen[-1].is_contiguous() is not fused
+
+
 def test_folded_mixed_op_is_the_weighted_sum() -> None:
     """MixedOp.forward_folded (BN + ReLU candidates folded, pooling and skip multiplied) is
     MixedOp.forward for softmax weights, in train and eval mode, on blocks that mix both."""

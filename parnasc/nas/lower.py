@@ -19,6 +19,8 @@ or how its parameters are stored (one module per candidate, so state_dicts, chec
   batch norm over the concatenated channels, writing the running statistics back to each
   candidate's BN as `nn.BatchNorm2d` does; the paths' outputs stay one tensor for the sync;
 * equation (3) is one autograd function for all paths (`_Direct`);
+* the gradient that the head's global average pooling sends back reaches the paths in their
+  channels_last layout (`_GradLikeInput`), supernets and concrete networks alike;
 * the input gradient of a convolution over an 8-channel input is one full-width convolution
   over the input's phases (`parnasc.nas.conv_grad`); this alone also applies to the blocks of
   concrete networks, in training only (not under no_grad, so not in exports).
@@ -136,6 +138,23 @@ class _Direct(torch.autograd.Function):
             for i, g in enumerate(grads)
         ]
         return (g_s, g_w, *g_xs)
+
+
+class _GradLikeInput(torch.autograd.Function):
+    """The identity, whose backward returns the gradient in the memory format of the input.
+    Global average pooling's backward expands the pooled gradient into a contiguous (NCHW)
+    tensor; without this, every elementwise op, batch norm and convolution backward of the
+    last level would mix that layout with its channels_last activations."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        cl = torch.channels_last
+        ctx.cl = x.dim() == 4 and x.is_contiguous(memory_format=cl) and not x.is_contiguous()
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        return g.contiguous(memory_format=torch.channels_last) if ctx.cl else g
 
 
 class Combine(nn.Module):
@@ -428,7 +447,10 @@ class Net(nn.Module):
                     w = probs[sync_key(lv)]
                     sw = comb(outs) * w[0]  # shared by all paths
                     outs = [torch.addcmul(sw, o, w[1]) for o in outs]  # equation (3)
-        return self.head(self.merge(outs))
+        merged = self.merge(outs)
+        if self.fused and merged.requires_grad:
+            merged = _GradLikeInput.apply(merged)
+        return cast(torch.Tensor, self.head(merged))
 
     @staticmethod
     def _run_block(
