@@ -652,6 +652,7 @@ def experiment_cmd(
     data: DataOpt = None,
     threads: ThreadsOpt = None,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="output directory [runs/experiments/NAME-BUDGET]")
     ] = None,
@@ -673,7 +674,7 @@ def experiment_cmd(
     with _Stages() as live:
         result = experiment.run(
             file, budget=budget, only=only or (), shard=shard, out_dir=out, data=data,
-            threads=threads, device=device, progress=live, log=_err,
+            threads=threads, device=device, precision=precision, progress=live, log=_err,
         )  # fmt: skip
     print(
         f"{result.out_dir}: {len(result.ran)} runs ran, {len(result.skipped)} were complete already"

@@ -558,6 +558,10 @@ def test_a_tiny_experiment_end_to_end(tmp_path: Path) -> None:
         pytest.fail(f"CIFAR-10 archive not found at {ARCHIVE} (set PARNASC_CIFAR to its path)")
     f = _exp(tmp_path, TINY_EXPERIMENT)
     args = ("experiment", f.name, "--data", ARCHIVE, "--threads", "1", "--out", "out")
+    bad = _cli(*args, "--precision", "fp16", cwd=tmp_path)
+    assert bad.returncode == 1 and not (tmp_path / "out").exists()
+    assert bad.stderr == "parnasc: error: --precision fp16: expected one of auto, bf16, fp32\n"
+    args = (*args, "--precision", "fp32")  # the searches' and the trainings' steps
     done = _cli(*args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "out: 2 runs ran, 0 were complete already" in done.stdout
@@ -575,6 +579,8 @@ def test_a_tiny_experiment_end_to_end(tmp_path: Path) -> None:
     assert 0 <= float(rows["s"]["test_acc_mean"]) <= 1 and rows["s"]["beta"] == "0.1"
     train = json.loads((out / "s/train-s0/train_settings.json").read_text())
     assert train["init"].endswith("s/train-s0/searched.pt")
+    assert json.loads((out / "s/settings.json").read_text())["precision"] == "fp32"
+    assert train["precision"] == "fp32"
     assert json.loads((out / "r-01/train-s0/train_settings.json").read_text())["init"] == "scratch"
 
     # complete: everything is skipped, nothing rewritten

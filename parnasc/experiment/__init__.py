@@ -83,6 +83,7 @@ def run(
     data: PathLike | None = None,
     threads: int | None = None,
     device: str | None = None,
+    precision: str | None = None,
     report: bool = True,
     progress: Progress | None = None,
     log: Log | None = None,
@@ -91,14 +92,18 @@ def run(
     `runs/experiments/NAME-BUDGET`), one after another: searched, trained for every seed,
     benched, each step resumed or skipped by the API's rules; then (with `report`) the
     report of everything there. `data` defaults to the file's `[experiment] data`, else
-    the official archive (downloaded into the cache); `threads` and `device` as for
-    `parnasc.search`."""
+    the official archive (downloaded into the cache); `threads`, `device` and `precision`
+    (of the searches' and the trainings' steps) as for `parnasc.search`."""
+    if precision is not None:  # a bad word fails before anything is planned or run
+        from parnasc.nas.precision import resolve_precision
+
+        resolve_precision(precision, "cpu")
     p = plan(file, budget=budget, only=only, shard=shard)
     out = Path(out_dir) if out_dir is not None else default_out(p.experiment, budget)
     source = Path(data) if data is not None else p.experiment.data
     if source is not None and not source.exists():
         raise UserError(f"--data {source}: not found")
-    where = Where(source, threads, device, progress, log or _quiet)
+    where = Where(source, threads, device, precision, progress, log or _quiet)
     outcomes = execute(p, out, where)
     done = report_experiment([out]) if report else None
     return ExperimentResult(out, p, outcomes, done)

@@ -84,12 +84,13 @@ def _record(run: Run, d: Path) -> None:
 
 @dataclass(frozen=True)
 class Where:
-    """Where and how the runs compute: the data, torch threads and device (None: the API's
-    defaults, or for a resume the recorded ones), and the callbacks."""
+    """Where and how the runs compute: the data, torch threads, device and precision (None:
+    the API's defaults, or for a resume the recorded ones), and the callbacks."""
 
     data: Path | None = None
     threads: int | None = None
     device: str | None = None
+    precision: str | None = None
     progress: Report | None = None
     log: Log = field(default=lambda _: None)
 
@@ -102,8 +103,8 @@ def _search(run: Run, d: Path, w: Where) -> tuple[str, bool]:
     started = (d / "settings.json").exists() or (d / "checkpoint.pt").exists()
     result = api.search(
         run.spec, run_dir=d, data=w.data, resume=started, train_images=run.train_images,
-        test_images=run.test_images, threads=w.threads, device=w.device, progress=w.progress,
-        log=w.log, **run.search,
+        test_images=run.test_images, threads=w.threads, device=w.device,
+        precision=w.precision, progress=w.progress, log=w.log, **run.search,
     )  # fmt: skip
     return result.derived.read_text(encoding="utf-8"), not result.up_to_date
 
@@ -149,7 +150,8 @@ def _train(run: Run, d: Path, arch: str, seed: int, w: Where) -> bool:
     result = api.retrain(
         spec, data=w.data, epochs=run.retrain_epochs, from_scratch=scratch,
         train_images=run.train_images, test_images=run.test_images, threads=w.threads,
-        device=w.device, resume=started, recipe=run.recipe, progress=w.progress, log=w.log,
+        device=w.device, precision=w.precision, resume=started, recipe=run.recipe,
+        progress=w.progress, log=w.log,
     )  # fmt: skip
     return not result.up_to_date
 
