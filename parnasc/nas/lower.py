@@ -19,11 +19,13 @@ or how its parameters are stored (one module per candidate, so state_dicts, chec
   batch norm over the concatenated channels, writing the running statistics back to each
   candidate's BN as `nn.BatchNorm2d` does; the paths' outputs stay one tensor for the sync;
 * equation (3) is one autograd function for all paths (`_Direct`);
-* the gradient that the head's global average pooling sends back reaches the paths in their
-  channels_last layout (`_GradLikeInput`), supernets and concrete networks alike;
 * the input gradient of a convolution over an 8-channel input is one full-width convolution
-  over the input's phases (`parnasc.nas.conv_grad`); this alone also applies to the blocks of
-  concrete networks, in training only (not under no_grad, so not in exports).
+  over the input's phases (`parnasc.nas.conv_grad`);
+* the gradient that the head's global average pooling sends back reaches the paths in their
+  channels_last layout (`_GradLikeInput`).
+
+The last two also apply to concrete networks, in training only (not under no_grad, so not in
+exports).
 
 `tests/test_lower.py` checks outputs, gradients and BN statistics against `fused = False`, the
 plain per-candidate computation.
